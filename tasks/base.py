@@ -1,0 +1,22 @@
+"""What every task returns: an unrolled system, where to start, and how to judge the result."""
+from typing import Any, Callable, NamedTuple
+
+from unrolled_es.system import UnrolledSystem
+
+
+class Task(NamedTuple):
+  """A meta-learning problem built on the `UnrolledSystem` contract.
+
+  name:      registry name, e.g. "influence_balancing".
+  system:    the inner problem (init, step, horizon).
+  theta0:    the initial outer parameters (a pytree of float arrays).
+  evaluate:  `evaluate(theta, key) -> dict[str, scalar]`, unperturbed and jit-able; always has "meta_loss"
+             (what the outer loop reports), plus task-specific extras (e.g. "test_loss", "a", "r").
+  settings:  the published estimator settings for this task: "sigma", "num_particles",
+             "truncation_length", "outer_lr", "optimizer" ("sgd" | "adam"), "steps".
+  """
+  name: str
+  system: UnrolledSystem
+  theta0: Any
+  evaluate: Callable[[Any, Any], dict]
+  settings: dict
