@@ -1,0 +1,16 @@
+"""unrolled_es: gradient estimates through long unrolled computation graphs, without backpropagating through them.
+
+    est = unrolled_es.es_single(system, num_particles=64, sigma=0.01, truncation_length=10)
+    state = est.init(key, theta)
+    grad, state, info = est.estimate(key, theta, state)   # grad feeds any optax optimizer
+"""
+from unrolled_es.estimator import GradientEstimator
+from unrolled_es.estimators import (es_single, full_bptt, full_es, generalized_pes, nres, pes, truncated_bptt,
+                                    truncated_es)
+from unrolled_es.noise import Noise, gaussian
+from unrolled_es.system import UnrolledSystem, evaluate
+
+ESTIMATORS = ("full_es", "truncated_es", "pes", "generalized_pes", "es_single", "nres", "truncated_bptt",
+              "full_bptt")
+
+__all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", *ESTIMATORS, "ESTIMATORS"]

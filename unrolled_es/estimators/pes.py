@@ -1,0 +1,40 @@
+"""Persistent ES (Vicol, Metz & Sohl-Dickstein, ICML 2021) and its generalisation GPES-k (Li et al., 2023).
+
+Each particle redraws ε every k inner steps (k a multiple of the window K) and keeps ξ_i, the sum of its
+draws over the episode so far, this window's included. The estimate for a window is
+
+    ĝ = 1/(2Nσ²) Σ_i ξ_i (L⁺_i − L⁻_i),   with ε ~ N(0, σ²I),
+
+unbiased for the gradient of the window's mean loss through the whole episode so far. k = K is PES (variance
+grows with the number of windows unrolled); k ≥ T never redraws within an episode and is ES-Single/NRES.
+A reset inside a window weights the losses after it by the new draw only, and ξ restarts from that draw.
+"""
+from unrolled_es.estimator import GradientEstimator, build, make_config
+from unrolled_es.system import check_int
+
+
+def generalized_pes(system, *, num_particles, sigma, truncation_length, resample_every=None,
+                    antithetic=True, stagger=True, noise=None) -> GradientEstimator:
+  """GPES-k: noise redrawn every `resample_every` inner steps (None: once per episode) and accumulated.
+
+  resample_every: a multiple of truncation_length, or ≥ horizon (then the same as None: ES-Single).
+  """
+  cfg = make_config(system, num_particles=num_particles, truncation_length=truncation_length, sigma=sigma,
+                    noise=noise, antithetic=antithetic, stagger=stagger)
+  k, horizon = cfg.truncation_length, system.horizon
+  if resample_every is not None:
+    resample_every = check_int("resample_every", resample_every, k)
+    if resample_every < horizon and resample_every % k:
+      raise ValueError(f"resample_every must be a multiple of truncation_length ({k}), >= horizon ({horizon}), "
+                       f"or None; got {resample_every}")
+    if resample_every >= horizon:
+      resample_every = None
+  per_draw = None if resample_every is None else resample_every // k
+  return build(system, cfg._replace(windows_per_draw=per_draw, accumulate=per_draw is not None))
+
+
+def pes(system, *, num_particles, sigma, truncation_length, antithetic=True, stagger=True,
+        noise=None) -> GradientEstimator:
+  """PES: a fresh draw every window, weighted by the running sum of the episode's draws."""
+  return generalized_pes(system, num_particles=num_particles, sigma=sigma, truncation_length=truncation_length,
+                         resample_every=truncation_length, antithetic=antithetic, stagger=stagger, noise=noise)

@@ -1,0 +1,244 @@
+"""The one engine every estimator runs: particles advance a window of K inner steps in a compiled scan.
+
+N particles each hold one noise draw ε_i and M members: M = 2 runs θ+σε_i and θ−σε_i on the same step keys
+(antithetic, common random numbers), M = 1 runs θ+σε_i alone. A window is `lax.scan` over K slots, `vmap`ped
+over particles and members. Everything estimator-specific is a setting of `Config`:
+
+  * when noise is redrawn: at every reset, and at a window start once `windows_per_draw` windows have begun
+    since the last draw (1: every window, as truncated ES and PES; None: never, as ES-Single and full ES);
+  * what weights a loss: the current draw ε, or with `accumulate` the sum ξ of the episode's draws so far,
+    current included (PES, Vicol et al. 2021; Li et al. 2023's GPES);
+  * whether members restart each window from one shared state (`sync_members`, truncated ES);
+  * whether every call starts new episodes (`fresh_episodes`, full ES and full BPTT);
+  * `sigma=None`: no noise, the gradient comes from autodiff through the window (BPTT).
+
+Resets happen per particle inside the scan: a particle that has taken T steps starts a new episode from
+`init` at that slot, with fresh noise; losses after the reset are weighted by the new draw only, and the PES
+sum restarts from it. Because K ≤ T there is at most one reset per window, so every weight in a window is
+one of two per-particle pytrees (before / after the reset) and the gradient is two weighted sums,
+
+    ĝ = 1/(σ·n·K) Σ_i [ c_i^pre · w_i^pre + c_i^post · ε_i^post ],   c_i^· = Σ_{slots in part} Δ_ij,
+
+with Δ_ij = (l⁺_ij − l⁻_ij)/2 (antithetic) or l_ij − b_ij (b: the mean of the other particles' losses at that
+slot, which is independent of ε_i and so keeps the estimate unbiased), and n the number of particles whose
+window losses are all finite. A non-finite particle is left out and reset before its next window.
+"""
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from unrolled_es.noise import Noise
+from unrolled_es.system import UnrolledSystem, episode_keys, step_key
+
+NEVER = None
+
+
+class Config(NamedTuple):
+  num_particles: int
+  truncation_length: int
+  sigma: float | None              # None: autodiff through the window, no noise
+  noise: Noise | None
+  antithetic: bool = True
+  windows_per_draw: int | None = 1  # None: one draw per episode
+  accumulate: bool = False
+  sync_members: bool = False
+  fresh_episodes: bool = False
+  stagger: bool = False
+
+  @property
+  def members(self):
+    return 2 if (self.antithetic and self.sigma is not None) else 1
+
+
+class Particles(NamedTuple):
+  """Estimator state. Leading axis N; `inner` has a second axis M (members)."""
+  inner: Any              # [N, M, ...] inner states
+  t: jax.Array            # [N] steps taken in the current episode; == horizon: reset before the next step
+  noise_key: jax.Array    # [N, 2] key of the current draw (noise is regenerated, never stored)
+  windows_since_draw: jax.Array  # [N]
+  xi: Any                 # PES only: [N, θ] sum of the episode's draws, current included; else None
+  init_steps: jax.Array   # inner steps spent by `init` (staggering burn-in), for honest step counts
+
+
+class Window(NamedTuple):
+  """What one window produced, before it becomes a gradient."""
+  losses: jax.Array       # [N, M, K] float32
+  after_reset: jax.Array  # [N, K] bool: slot runs in a new episode
+  resets: jax.Array       # [N] bool
+  valid: jax.Array        # [N] bool: all of the particle's losses (and autodiff gradients) are finite
+  weight_pre: Any         # [N, θ] ξ or ε before the reset (ES) / per-particle gradients (autodiff)
+  eps_post: Any           # [N, θ] the draw after the reset (ES)
+
+
+def tree_select(pred, on_true, on_false):
+  """Per-leading-index select between two pytrees of the same structure."""
+  def sel(a, b):
+    p = jnp.reshape(pred, jnp.shape(pred) + (1,) * (jnp.ndim(a) - jnp.ndim(pred)))
+    return jnp.where(p, a, b)
+  return jax.tree_util.tree_map(sel, on_true, on_false)
+
+
+def raw_key(key):
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(key)
+  return key
+
+
+def init_particles(system: UnrolledSystem, cfg: Config, theta, key) -> Particles:
+  """All particles about to start an episode (t = T): the first window resets them at its first slot."""
+  n, m = cfg.num_particles, cfg.members
+  shape = jax.eval_shape(system.init, key, theta)
+  inner = jax.tree_util.tree_map(lambda s: jnp.zeros((n, m) + s.shape, s.dtype), shape)
+  xi = None
+  if cfg.accumulate:
+    xi = jax.tree_util.tree_map(lambda x: jnp.zeros((n,) + jnp.shape(x), jnp.result_type(x)), theta)
+  return Particles(inner=inner, t=jnp.full((n,), system.horizon, jnp.int32),
+                   noise_key=jnp.zeros((n, 2), jnp.uint32), windows_since_draw=jnp.ones((n,), jnp.int32),
+                   xi=xi, init_steps=jnp.zeros((), jnp.int32))
+
+
+def advance(system: UnrolledSystem, cfg: Config, theta, p: Particles, key, active=None, differentiate=True):
+  """Runs one window of K steps for every particle. Returns (new particles, Window).
+
+  `active` [N] holds inactive particles where they are; `differentiate=False` skips BPTT's backward pass.
+  """
+  n, k, horizon, es = cfg.num_particles, cfg.truncation_length, system.horizon, cfg.sigma is not None
+  signs = jnp.array([1.0, -1.0][:cfg.members]) if es else jnp.zeros((1,))
+  draw_keys, reset_keys, init_keys, step_bases = jnp.moveaxis(
+      jax.vmap(lambda kk: jax.random.split(kk, 4))(jax.random.split(raw_key(key), n)), 1, 0)
+
+  reset_slot = horizon - p.t                           # the slot at which the particle starts a new episode
+  resets = reset_slot < k
+  count = p.windows_since_draw + 1
+  redraw = jnp.zeros((n,), bool) if cfg.windows_per_draw is None else count > cfg.windows_per_draw
+  count = jnp.where(redraw, 1, count)
+  cur_keys = jnp.where(redraw[:, None], draw_keys, p.noise_key)
+  inner = p.inner
+  if cfg.sync_members:
+    inner = jax.tree_util.tree_map(lambda s: jnp.broadcast_to(s[:, :1], s.shape), inner)
+
+  if es:
+    sample = jax.vmap(cfg.noise.sample, (0, None))
+    eps_pre, eps_post = sample(cur_keys, theta), sample(reset_keys, theta)
+  else:
+    eps_pre = eps_post = jnp.zeros((n,))
+  xi_pre = None
+  if cfg.accumulate:
+    xi_pre = tree_select(redraw, jax.tree_util.tree_map(jnp.add, p.xi, jax.vmap(cfg.noise.dense)(eps_pre)), p.xi)
+
+  def member(th, inner0, e_pre, e_post, sign, init_key, base, j_reset):
+    def params(e):
+      return cfg.noise.perturb(th, e, sign * cfg.sigma) if es else th
+    fresh = system.init(init_key, params(e_post))
+
+    def slot(state, j):
+      state = tree_select(j == j_reset, fresh, state)
+      e = tree_select(j >= j_reset, e_post, e_pre) if es else None
+      return system.step(params(e), state, step_key(base, j))
+    final, losses = jax.lax.scan(slot, inner0, jnp.arange(k))
+    return final, losses
+
+  members = jax.vmap(member, (None, 0, None, None, 0, None, None, None))
+  particles = jax.vmap(members, (None, 0, 0, 0, None, 0, 0, 0))
+  args = (inner, eps_pre, eps_post, signs, init_keys, step_bases, reset_slot)
+  if es or not differentiate:
+    final, losses = particles(theta, *args)
+    grads = None
+  else:
+    def mean_loss(th, *a):
+      final, losses = members(th, *a)
+      return jnp.mean(losses.astype(jnp.float32)), (final, losses)
+    (_, (final, losses)), grads = jax.vmap(jax.value_and_grad(mean_loss, has_aux=True),
+                                           (None, 0, 0, 0, None, 0, 0, 0))(theta, *args)
+
+  losses = losses.astype(jnp.float32)
+  valid = jnp.all(jnp.isfinite(losses), axis=(1, 2))
+  if grads is not None:
+    valid &= jnp.all(jnp.stack([jnp.all(jnp.isfinite(g), axis=tuple(range(1, g.ndim)))
+                                for g in jax.tree_util.tree_leaves(grads)]), axis=0)
+  new = Particles(
+      inner=final,
+      t=jnp.where(valid, jnp.where(resets, k - reset_slot, p.t + k), horizon),
+      noise_key=jnp.where(resets[:, None], reset_keys, cur_keys),
+      windows_since_draw=jnp.where(resets, 1, count),
+      xi=None if xi_pre is None else tree_select(resets, jax.vmap(cfg.noise.dense)(eps_post), xi_pre),
+      init_steps=p.init_steps)
+  if active is not None:
+    new = tree_select(active, new, p)._replace(init_steps=p.init_steps)
+    valid &= active
+  after = jnp.arange(k)[None, :] >= reset_slot[:, None]
+  weight_pre = grads if grads is not None else (xi_pre if cfg.accumulate else eps_pre)
+  return new, Window(losses, after, resets, valid, weight_pre, eps_post)
+
+
+def gradient(cfg: Config, w: Window, theta):
+  """Turns a window into the gradient estimate (same structure and dtypes as theta)."""
+  n_valid = jnp.sum(w.valid)
+  denom = jnp.maximum(n_valid, 1).astype(jnp.float32)
+  if cfg.sigma is None:
+    coeff = jnp.where(w.valid, 1.0, 0.0) / denom
+    g = jax.tree_util.tree_map(
+        lambda gi: jnp.tensordot(coeff, jnp.where(_bcast(w.valid, gi), gi, 0).astype(jnp.float32), axes=1),
+        w.weight_pre)
+  else:
+    diffs = _loss_differences(cfg, w)
+    scale = 1.0 / (cfg.sigma * denom * cfg.truncation_length)
+    c_pre = jnp.sum(jnp.where(w.after_reset, 0.0, diffs), axis=1) * scale
+    c_post = jnp.sum(jnp.where(w.after_reset, diffs, 0.0), axis=1) * scale
+    combine_pre = _dense_combine if cfg.accumulate else cfg.noise.combine
+    g = jax.tree_util.tree_map(jnp.add, combine_pre(c_pre, w.weight_pre), cfg.noise.combine(c_post, w.eps_post))
+  return jax.tree_util.tree_map(lambda gi, x: gi.astype(jnp.result_type(x)), g, theta)
+
+
+def _loss_differences(cfg: Config, w: Window):
+  """Δ_ij per particle and slot; zero where the particle is left out."""
+  valid = w.valid[:, None]
+  if cfg.members == 2:
+    diffs = 0.5 * (w.losses[:, 0] - w.losses[:, 1])
+  else:
+    loss = jnp.where(valid, w.losses[:, 0], 0.0)
+    others = jnp.sum(loss, axis=0, keepdims=True) - loss
+    n_others = jnp.sum(w.valid) - w.valid.astype(jnp.int32)
+    diffs = loss - others / jnp.maximum(n_others, 1)[:, None]
+  return jnp.where(valid, diffs, 0.0)
+
+
+def _dense_combine(coeffs, batch):
+  return jax.tree_util.tree_map(lambda e: jnp.tensordot(coeffs.astype(e.dtype), e, axes=1), batch)
+
+
+def _bcast(valid, x):
+  return jnp.reshape(valid, valid.shape + (1,) * (x.ndim - 1))
+
+
+def info(cfg: Config, w: Window):
+  """Scalars every estimate reports."""
+  n_valid = jnp.sum(w.valid)
+  per_particle = jnp.mean(w.losses, axis=(1, 2))
+  loss = jnp.sum(jnp.where(w.valid, per_particle, 0.0)) / n_valid   # NaN when nothing was finite: say so
+  return {"loss": loss,
+          "num_nonfinite": (cfg.num_particles - n_valid).astype(jnp.int32),
+          "num_valid": n_valid.astype(jnp.int32),
+          "resets": jnp.sum(w.resets).astype(jnp.int32),
+          "inner_steps": jnp.asarray(cfg.num_particles * cfg.members * cfg.truncation_length, jnp.int32)}
+
+
+def burn_in(system: UnrolledSystem, cfg: Config, theta, p: Particles, key) -> Particles:
+  """Staggers particles: particle i runs ⌊i·W/N⌋ whole windows first (W = ⌈T/K⌉ windows per episode).
+
+  The burn-in uses the estimator's own windows (its noise, accumulation and resets), so the state it leaves is
+  one the estimator itself would have reached, and windows then spread evenly over the horizon.
+  """
+  n, k = cfg.num_particles, cfg.truncation_length
+  per_episode = -(-system.horizon // k)
+  offsets = (jnp.arange(n) * per_episode) // n
+  if per_episode <= 1:
+    return p
+
+  def one(p, w):
+    new, _ = advance(system, cfg, theta, p, jax.random.fold_in(key, w), active=w < offsets, differentiate=False)
+    return new, None
+  p, _ = jax.lax.scan(one, p, jnp.arange(per_episode - 1))
+  steps = jnp.sum(offsets) * cfg.members * k
+  return p._replace(init_steps=steps.astype(jnp.int32))
