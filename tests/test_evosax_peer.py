@@ -107,3 +107,28 @@ def test_bad_arguments():
     evosax_estimator("persistent_es", system, 0, 0.1, K)
   with pytest.raises(ValueError, match="sigma"):
     evosax_estimator("noise_reuse_es", system, 4, 0.0, K)
+
+
+@pytest.mark.parametrize("kind", ["persistent_es", "noise_reuse_es"])
+def test_captured_gradient_is_what_evosax_descends_along(kind):
+  """The peer's g is exactly what evosax feeds its optimizer: optax.sgd(1) moves evosax's mean by -g."""
+  import optax
+  from evosax.algorithms import NoiseReuseES, PersistentES
+  from benchmarks.evosax_peer import _strategy
+  from evosax.algorithms.distribution_based.persistent_es import Params
+
+  params, key = Params(T=T, K=K), jax.random.PRNGKey(3)
+  ours = _strategy(kind, 8, THETA, 0.05)
+  sgd = {"persistent_es": PersistentES, "noise_reuse_es": NoiseReuseES}[kind](
+      8, THETA, optimizer=optax.sgd(1.0), std_schedule=optax.constant_schedule(0.05))
+  fitness = jax.random.normal(key, (8,))
+  moved = []
+  for strategy in (ours, sgd):
+    state = strategy.init(key, THETA, params)
+    population, state = strategy.ask(key, state, params)
+    state, _ = strategy.tell(key, population, fitness, state, params)
+    moved.append(state)
+  g = moved[0].opt_state
+  np.testing.assert_allclose(moved[1].mean - THETA, -g, rtol=1e-6, atol=1e-6)
+  noise = moved[0].pert_accum if kind == "persistent_es" else moved[0].pert
+  np.testing.assert_allclose(g, fitness @ noise / (0.05 ** 2 * 8), rtol=1e-5)
