@@ -86,8 +86,10 @@ def test_noise_reuse_keeps_noise_for_an_episode_and_pytree_theta():
   state = est.init(jax.random.PRNGKey(0), theta)
   perts = []
   for w in range(T // K + 1):
-    grad, state, _ = estimate(jax.random.PRNGKey(w + 1), theta, state)
+    grad, state, info = estimate(jax.random.PRNGKey(w + 1), theta, state)
     perts.append(np.asarray(state.es.pert))
+    assert int(info["resets"]) == (4 if w == T // K else 0) and int(info["inner_steps"]) == 8 * K
+    assert int(info["num_valid"]) == 4 and int(info["num_nonfinite"]) == 0
   assert jax.tree_util.tree_structure(grad) == jax.tree_util.tree_structure(theta)
   assert grad["w"].shape == (2,) and grad["b"].shape == (1,)
   p = perts[0]
