@@ -66,3 +66,21 @@ def distance_in_se(samples, target):
     s, e = np.asarray(s, np.float64), np.asarray(e, np.float64)
     out = max(out, float(np.max(np.abs(s.mean(0) - e) / (s.std(0, ddof=1) / np.sqrt(len(s)) + 1e-12))))
   return out
+
+
+def matrix_system(horizon):
+  """s_{t+1} = A s_t + W x_t + b, l_t = ½‖s_{t+1} − y‖²: a matrix leaf for low-rank noise, still quadratic in θ.
+
+  W is applied with `unrolled_es.linear`, so the system also accepts factored low-rank perturbations.
+  """
+  def init(key, theta):
+    return jnp.zeros(3)
+
+  def step(theta, s, key):
+    x = jnp.cos(jnp.arange(4.0) + 1.0)  # fixed input
+    s = A @ s + ue.linear(x, theta["W"]) + theta["b"]
+    return s, 0.5 * jnp.sum((s - Y) ** 2)
+  return ue.UnrolledSystem(init, step, horizon)
+
+
+MATRIX_THETA = {"W": 0.1 * jnp.arange(12.0).reshape(4, 3) / 12, "b": jnp.array([0.1, 0.0, -0.1])}

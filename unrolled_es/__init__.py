@@ -7,10 +7,12 @@
 from unrolled_es.estimator import GradientEstimator
 from unrolled_es.estimators import (es_single, full_bptt, full_es, generalized_pes, nres, pes, truncated_bptt,
                                     truncated_es)
-from unrolled_es.noise import Noise, gaussian
+from unrolled_es.layers import linear, materialize
+from unrolled_es.noise import Noise, PerturbedMatrix, gaussian, low_rank
 from unrolled_es.system import UnrolledSystem, evaluate
 
 ESTIMATORS = ("full_es", "truncated_es", "pes", "generalized_pes", "es_single", "nres", "truncated_bptt",
               "full_bptt")
 
-__all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", *ESTIMATORS, "ESTIMATORS"]
+__all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
+           "linear", "materialize", *ESTIMATORS, "ESTIMATORS"]

@@ -70,7 +70,7 @@ def _leaf_record(path, leaf):
   if _is_key(dtype):
     record["impl"] = str(jax.random.key_impl(leaf))
     leaf = jax.random.key_data(leaf)
-  data = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+  data = np.array(jax.device_get(leaf), order="C")  # not ascontiguousarray: it turns 0-d into 1-d
   record["data_dtype"] = str(data.dtype)
   record["data_shape"] = list(data.shape)
   return record, data.reshape(-1).view(np.uint8)

@@ -10,6 +10,7 @@ code 2. After training, a task module's `report(task, theta, out_dir)` is called
 """
 import argparse
 import ast
+import functools
 import importlib
 import inspect
 import json
@@ -22,12 +23,12 @@ ESTIMATORS = ("full_es", "truncated_es", "pes", "es_single", "nres", "generalize
               "full_bptt")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 # Options that change the computation: a resumed run must agree on them (steps etc. may grow).
-FINGERPRINTED = ("task", "task_args", "estimator", "estimator_args", "particles", "sigma", "truncation", "lr",
-                 "optimizer", "seed", "antithetic", "stagger")
+FINGERPRINTED = ("task", "task_args", "estimator", "estimator_args", "particles", "sigma", "truncation", "rank",
+                 "lr", "optimizer", "seed", "antithetic", "stagger")
 RUN_FILES = ("config.json", "metrics.jsonl", "meta_loss.png", "checkpoints")
 _FLAG = {"particles": "--particles", "sigma": "--sigma", "truncation": "--truncation", "lr": "--lr",
          "optimizer": "--optimizer", "seed": "--seed", "antithetic": "--antithetic", "stagger": "--stagger",
-         "task": "--task", "estimator": "--estimator", "task_args": "--task-arg", "estimator_args": "--estimator-arg"}
+         "task": "--task", "estimator": "--estimator", "rank": "--rank", "task_args": "--task-arg", "estimator_args": "--estimator-arg"}
 
 
 class UsageError(Exception):
@@ -63,7 +64,7 @@ def task_module(name):
 
 class _Parser(argparse.ArgumentParser):
   def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message}\n")
+    self.exit(2, f"unrolled-es: error: {message}\n")  # one line, no usage block
 
 
 def _number(kind, low, inclusive):
@@ -108,6 +109,8 @@ def make_parser() -> argparse.ArgumentParser:
   t.add_argument("--particles", type=pos_int, help="number of particles N")
   t.add_argument("--sigma", type=pos_float, help="perturbation scale σ")
   t.add_argument("--truncation", type=pos_int, help="truncation length K (inner steps per update)")
+  t.add_argument("--rank", type=pos_int, help="low-rank noise of this rank for matrix leaves (EGGROLL); "
+                 "default full-rank Gaussian")
   t.add_argument("--lr", type=pos_float, help="outer learning rate")
   t.add_argument("--optimizer", choices=OPTIMIZERS, help="outer optimizer")
   t.add_argument("--steps", type=pos_int, help="outer steps")
@@ -123,6 +126,8 @@ def make_parser() -> argparse.ArgumentParser:
   g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
   g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
   t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+  t.add_argument("--no-report", dest="report", action="store_false",
+                 help="skip the task's end-of-run report (e.g. the learned optimizer's comparison with Adam)")
   return p
 
 
@@ -198,3 +203,244 @@ def _fill_from_task(cfg, task, ctor):
   if cfg.get("log_every") is None:
     cfg["log_every"] = 1
   return cfg
+
+
+def _build_estimator(cfg, task, ctor):
+  params = inspect.signature(ctor).parameters
+  open_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+  kw = {"num_particles": cfg["particles"], "sigma": cfg["sigma"], "truncation_length": cfg["truncation"],
+        "antithetic": cfg.get("antithetic"), "stagger": cfg.get("stagger")}
+  kw = {k: v for k, v in kw.items() if v is not None and k in params}
+  if cfg.get("rank") is not None:
+    if "noise" not in params:
+      raise UsageError(f"estimator {cfg['estimator']!r} takes no noise, so --rank does not apply")
+    import unrolled_es
+    kw["noise"] = unrolled_es.low_rank(cfg["rank"])
+  unknown = [k for k in cfg["estimator_args"] if k not in params and not open_kw]
+  if unknown:
+    takes = ", ".join(k for k in params if k != "system")
+    raise UsageError(f"estimator {cfg['estimator']!r} takes no option {', '.join(unknown)}; it takes: {takes}")
+  kw.update(cfg["estimator_args"])
+  try:
+    return ctor(task.system, **kw)
+  except (ValueError, TypeError) as e:
+    raise UsageError(f"estimator {cfg['estimator']!r}: {e}") from None
+
+
+def _notes_for_ignored(args, cfg, ctor):
+  params = inspect.signature(ctor).parameters
+  for k, param in (("antithetic", "antithetic"), ("stagger", "stagger")):
+    if getattr(args, k) is not None and param not in params:
+      print(f"unrolled-es: note: {cfg['estimator']} has no {k} option; --{k} ignored", file=sys.stderr)
+  for k in ("sigma", "truncation"):
+    if getattr(args, k) is not None and cfg[k] is None:
+      print(f"unrolled-es: note: {cfg['estimator']} takes no {_FLAG[k]}; ignored", file=sys.stderr)
+
+
+def _jsonable(x):
+  import numpy as np
+  a = np.asarray(x)
+  return a.item() if a.size == 1 else a.tolist()
+
+
+@functools.lru_cache(maxsize=16)  # one object per setting, so repeated runs in a process reuse the compiled step
+def make_optimizer(name: str, lr: float):
+  import optax
+  return getattr(optax, name)(lr)
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _read_saved_config(out):
+  path = os.path.join(out, "config.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise ValueError("not a JSON object")
+  except (OSError, ValueError) as e:
+    raise UsageError(f"cannot resume: {path} is missing or unreadable ({e}); pass --overwrite to start over") from None
+  return saved
+
+
+def _train(train, estimator, optimizer, task, cfg, out, resume, sequential, progress):
+  import jax
+
+  from unrolled_es.checkpoint import CheckpointError
+
+  try:
+    return train(estimator, optimizer, task.theta0, jax.random.key(cfg["seed"]), steps=cfg["steps"],
+                 evaluate=task.evaluate, eval_every=cfg["eval_every"], log_every=cfg["log_every"],
+                 checkpoint_dir=os.path.join(out, "checkpoints"), checkpoint_every=cfg["checkpoint_every"],
+                 resume=resume, config={k: cfg.get(k) for k in FINGERPRINTED},
+                 metrics_path=os.path.join(out, "metrics.jsonl"), sequential_steps_per_update=sequential,
+                 progress=progress, progress_desc=f"{cfg['task']}/{cfg['estimator']}")
+  except CheckpointError as e:
+    raise UsageError(f"{e}; pass --overwrite to start over") from None
+  except ValueError as e:  # the library's argument checks, e.g. a theta the estimator cannot perturb
+    raise UsageError(str(e)) from None
+  except KeyboardInterrupt:
+    print(f"unrolled-es: interrupted; progress is checkpointed in {out}, continue with --resume", file=sys.stderr)
+    return None
+
+
+def cmd_train(args) -> int:
+  import warnings
+
+  import jax
+  import optax
+
+  from unrolled_es.train import train
+
+  out = args.out or os.path.join("runs", f"{args.task}_{args.estimator}")
+  if args.out is None and (args.task is None or args.estimator is None):
+    raise UsageError("pass --out (the run folder), or --task and --estimator for the default runs/<task>_<estimator>")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UsageError(f"--out {out} is a file, not a folder")
+  saved = None
+  if _holds_run(out):
+    if not (args.resume or args.overwrite):
+      raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if args.overwrite:
+      for f in RUN_FILES:
+        path = os.path.join(out, f)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path) if os.path.exists(path) else None
+    else:
+      saved = _read_saved_config(out)
+      _check_same_run(out, saved, _explicit(args))
+      saved = {k: saved[k] for k in FINGERPRINTED + ("steps", "eval_every", "checkpoint_every", "log_every")
+               if k in saved}
+  elif args.resume:
+    print(f"unrolled-es: note: nothing to resume in {out}; starting a new run", file=sys.stderr)
+
+  cfg, ctor = _resolve(args, saved)
+  try:
+    task = build_task(cfg["task"], **cfg["task_args"])
+  except (TypeError, ValueError) as e:
+    raise UsageError(f"task {cfg['task']!r}: {e}") from None
+  cfg = _fill_from_task(cfg, task, ctor)
+  _notes_for_ignored(args, cfg, ctor)
+  estimator = _build_estimator(cfg, task, ctor)
+  optimizer = make_optimizer(cfg["optimizer"], cfg["lr"])
+
+  os.makedirs(out, exist_ok=True)
+  _write_json(os.path.join(out, "config.json"), dict(cfg, versions={"jax": jax.__version__, "optax": optax.__version__}))
+  sequential = cfg["truncation"] if cfg["truncation"] is not None else task.system.horizon
+  with warnings.catch_warnings():
+    # one line per warning (e.g. a damaged checkpoint skipped), printed when it happens
+    warnings.showwarning = lambda message, *a, **k: print(f"unrolled-es: warning: {message}", file=sys.stderr)
+    result = _train(train, estimator, optimizer, task, cfg, out, saved is not None, sequential, args.progress)
+  if result is None:
+    return 130
+
+  plot_metrics(result.metrics, os.path.join(out, "meta_loss.png"), f"{cfg['task']} / {cfg['estimator']}")
+  if args.report:
+    run_report(cfg["task"], task, result.theta, out)
+  last = next((r for r in reversed(result.metrics) if r.get("eval_meta_loss") is not None), {})
+  done = result.metrics[-1] if result.metrics else {}
+  print(f"done: {result.step} outer steps, {done.get('total_inner_steps', 0)} total inner steps "
+        f"({done.get('sequential_inner_steps', 0)} sequential), {result.num_skipped} skipped updates, "
+        f"final meta_loss {_fmt(last.get('eval_meta_loss'))}; results in {out}")
+  return 0
+
+
+def cmd_list() -> int:
+  print("tasks:")
+  for name in task_names():
+    print(f"  {name}")
+  print("estimators:")
+  for name, ctor in estimator_constructors().items():
+    doc = (inspect.getdoc(ctor) or inspect.getdoc(sys.modules.get(ctor.__module__)) or "").strip().splitlines()
+    print(f"  {name:<16} {doc[0] if doc else ''}".rstrip())
+  print("optimizers:\n  " + ", ".join(OPTIMIZERS))
+  return 0
+
+
+# ---------------------------------------------------------------- outputs
+
+def _fmt(x):
+  if x is None:
+    return "n/a"
+  if hasattr(x, "dtype") and getattr(x, "size", 0) == 1:
+    x = _jsonable(x)
+  return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def format_table(rows) -> str:
+  """Rows (dicts with the same keys) as an aligned text table."""
+  rows = list(rows)
+  if not rows:
+    return ""
+  cols = list(rows[0])
+  cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+  widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+  line = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))
+  return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def plot_metrics(metrics, path, title=""):
+  """PNG of the training (window) loss and the evaluated meta-loss against total inner steps."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(6.4, 4.0), dpi=120)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  train = [(r["total_inner_steps"], r["loss"]) for r in metrics if r.get("loss") is not None]
+  evals = [(r["total_inner_steps"], r["eval_meta_loss"]) for r in metrics if r.get("eval_meta_loss") is not None]
+  if train:
+    ax.plot(*zip(*train), lw=0.8, alpha=0.6, label="training loss (estimator windows)")
+  if evals:
+    ax.plot(*zip(*evals), "o-", ms=3, label="meta-loss (unperturbed evaluation)")
+  ys = [y for _, y in train + evals]
+  if ys and min(ys) > 0 and max(ys) > 20 * min(ys):
+    ax.set_yscale("log")
+  ax.set_xlabel("total inner steps")
+  ax.set_ylabel("loss")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  if train or evals:
+    ax.legend()
+  fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)  # tight_layout costs more than the run
+  tmp = path + ".tmp"
+  fig.savefig(tmp, format="png")
+  os.replace(tmp, path)
+
+
+def run_report(name, task, theta, out):
+  """The task's end-of-run hook: `report(task, theta, out_dir)`, if the task's module defines one.
+
+  A hook returning a string has it printed; one returning rows (dicts) has them printed as a table.
+  """
+  module = task_module(name)
+  hook = getattr(module, "report", None)
+  if hook is None:
+    return
+  result = hook(task, theta, out)
+  if isinstance(result, str):
+    print(result)
+  elif result:
+    print(format_table(result))
+
+
+def main(argv=None) -> int:
+  parser = make_parser()
+  try:
+    args = parser.parse_args(argv)
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else 0
+  try:
+    return cmd_list() if args.command == "list" else cmd_train(args)
+  except UsageError as e:
+    print(f"unrolled-es: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

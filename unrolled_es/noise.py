@@ -45,3 +45,89 @@ def gaussian() -> Noise:
     return jax.tree_util.tree_map(lambda x, e: x + jnp.asarray(scale, e.dtype) * e, theta, eps)
 
   return Noise(sample=sample, perturb=perturb, combine=_weighted_sum, dense=lambda eps: eps)
+
+
+class LowRank(NamedTuple):
+  """Factors of one matrix draw: eps = a bᵀ/√r, with a (m×r) and b (n×r) standard normal."""
+  a: jax.Array
+  b: jax.Array
+
+
+class PerturbedMatrix(NamedTuple):
+  """A matrix W + scale·a bᵀ/√r kept in factors, for layers that apply it as xW + scale/√r·(xa)bᵀ."""
+  w: jax.Array
+  a: jax.Array
+  b: jax.Array
+  scale: jax.Array
+
+  def dense(self):
+    return self.w + (self.scale / jnp.sqrt(self.a.shape[-1])) * self.a @ self.b.T
+
+  def apply(self, x):
+    """x @ (W + ε) without forming ε: one shared GEMM plus two skinny ones."""
+    correction = (x @ self.a) @ self.b.T
+    return x @ self.w + (self.scale / jnp.sqrt(self.a.shape[-1])).astype(x.dtype) * correction
+
+
+def _is_matrix(x):
+  return jnp.ndim(x) == 2
+
+
+def low_rank(rank: int = 1, factored: bool = False) -> Noise:
+  """EGGROLL-style low-rank noise (Sarkar et al., 2025): for a matrix leaf W (m×n), eps = a bᵀ/√r.
+
+  Entries of a bᵀ/√r have mean 0 and covariance exactly I, so every ES estimator stays unbiased on quadratics;
+  beyond them the estimate approaches the full-rank one at rate O(1/r). Vectors and scalars get full Gaussian
+  noise. A draw costs (m + n)·r numbers instead of m·n, and the gradient Σ_i c_i a_i b_iᵀ/√r is one GEMM of
+  (m × N·r) by (N·r × n).
+
+  factored=False: `perturb` materialises θ + σ·eps, so any system works.
+  factored=True: `perturb` returns matrix leaves as `PerturbedMatrix`, which perturbation-aware layers
+  (`unrolled_es.linear`, `unrolled_es.haiku_apply`) apply as xW + σ/√r·(xa)bᵀ without forming a matrix.
+  """
+  if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
+    raise ValueError(f"rank must be an integer >= 1; got {rank!r}")
+  if not isinstance(factored, bool):
+    raise ValueError(f"factored must be True or False; got {factored!r}")
+
+  def sample_leaf(key, x):
+    dtype = jnp.result_type(x)
+    if not _is_matrix(x):
+      return jax.random.normal(key, jnp.shape(x), dtype)
+    ka, kb = jax.random.split(key)
+    m, n = jnp.shape(x)
+    return LowRank(jax.random.normal(ka, (m, rank), dtype), jax.random.normal(kb, (n, rank), dtype))
+
+  def sample(key, theta):
+    return jax.tree_util.tree_map(sample_leaf, leaf_keys(key, theta), theta)
+
+  def dense_leaf(e):
+    return e.a @ e.b.T / jnp.sqrt(jnp.asarray(rank, e.a.dtype)) if isinstance(e, LowRank) else e
+
+  def dense(eps):
+    return jax.tree_util.tree_map(dense_leaf, eps, is_leaf=lambda e: isinstance(e, LowRank))
+
+  def perturb_leaf(x, e, scale):
+    if not isinstance(e, LowRank):
+      return x + jnp.asarray(scale, e.dtype) * e
+    if factored:
+      return PerturbedMatrix(x, e.a, e.b, jnp.asarray(scale, e.a.dtype))
+    return x + jnp.asarray(scale, e.a.dtype) * dense_leaf(e)
+
+  def perturb(theta, eps, scale):
+    return jax.tree_util.tree_map(lambda x, e: perturb_leaf(x, e, scale), theta, eps,
+                                  is_leaf=lambda e: isinstance(e, LowRank))
+
+  def combine_leaf(coeffs, e):
+    if not isinstance(e, LowRank):
+      return jnp.tensordot(coeffs.astype(e.dtype), e, axes=1)
+    n, m, r = e.a.shape
+    left = (e.a * coeffs.astype(e.a.dtype)[:, None, None]).transpose(1, 0, 2).reshape(m, n * r)
+    right = e.b.transpose(1, 0, 2).reshape(e.b.shape[1], n * r)
+    return left @ right.T / jnp.sqrt(jnp.asarray(r, e.a.dtype))
+
+  def combine(coeffs, batch):
+    return jax.tree_util.tree_map(lambda e: combine_leaf(coeffs, e), batch,
+                                  is_leaf=lambda e: isinstance(e, LowRank))
+
+  return Noise(sample=sample, perturb=perturb, combine=combine, dense=dense)

@@ -29,20 +29,23 @@ def step_key(base, t):
   return jax.random.fold_in(base, t)
 
 
-def episode_losses(system: UnrolledSystem, theta, key, num_steps: int | None = None):
-  """The per-step losses l_0 … l_{n-1} of one unperturbed episode (n = horizon by default).
+def run_episode(system: UnrolledSystem, theta, key, num_steps: int | None = None):
+  """(final state, per-step losses l_0 … l_{n-1}) of one unperturbed episode (n = horizon by default).
 
-  Differentiable in theta: `jax.grad` of their mean is the full-BPTT gradient.
+  Differentiable in theta: `jax.grad` of the losses' mean is the full-BPTT gradient.
   """
   n = system.horizon if num_steps is None else num_steps
   init_key, base = episode_keys(key)
 
   def body(state, t):
-    state, loss = system.step(theta, state, step_key(base, t))
-    return state, loss
+    return system.step(theta, state, step_key(base, t))
 
-  _, losses = jax.lax.scan(body, system.init(init_key, theta), jnp.arange(n))
-  return losses
+  return jax.lax.scan(body, system.init(init_key, theta), jnp.arange(n))
+
+
+def episode_losses(system: UnrolledSystem, theta, key, num_steps: int | None = None):
+  """The per-step losses of one unperturbed episode."""
+  return run_episode(system, theta, key, num_steps)[1]
 
 
 def evaluate(system: UnrolledSystem, theta, key):

@@ -14,6 +14,7 @@ The estimator state advances even when an update is skipped: its particles have 
 their inner steps are counted. Reporting both total and sequential inner steps follows Vicol et al. (2023)
 and Li et al. (2023): the first is compute, the second latency.
 """
+import functools
 import json
 import logging
 import math
@@ -46,22 +47,36 @@ def _all_finite(tree):
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)))
+
+
 def make_outer_step(estimator, optimizer):
   """The jitted outer step `(theta, opt_state, est_state, key, step) -> (theta, opt_state, est_state, info)`.
 
-  `info` is the estimator's info plus "skipped" (the update was not applied) and "grad_norm".
+  `info` is the estimator's info plus "skipped" (the update was not applied) and "grad_norm". The same
+  (estimator, optimizer) pair gets the same jitted function, so a resumed or repeated run does not recompile.
   """
+  try:
+    return _cached_outer_step(estimator, optimizer)
+  except TypeError:  # unhashable estimator or optimizer
+    return _outer_step(estimator, optimizer)
 
+
+def _outer_step(estimator, optimizer):
   def outer_step(theta, opt_state, est_state, key, step):
     grad, est_state, info = estimator.estimate(jax.random.fold_in(key, step), theta, est_state)
     updates, new_opt_state = optimizer.update(grad, opt_state, theta)
     new_theta = optax.apply_updates(theta, updates)
     ok = jnp.logical_and(_all_finite(grad), _all_finite(new_theta))
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
-    info = dict(info, skipped=jnp.logical_not(ok), grad_norm=optax.global_norm(grad))
+    info = dict(info, skipped=jnp.logical_not(ok), grad_norm=_norm(grad))
     return keep(new_theta, theta), keep(new_opt_state, opt_state), est_state, info
 
   return jax.jit(outer_step)
+
+
+_cached_outer_step = functools.lru_cache(maxsize=8)(_outer_step)
 
 
 def _scalar(value):
@@ -163,14 +178,17 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
     log.info("resumed from step %d of %s", start, checkpoint_dir)
   else:
     metrics = []
-    run = _Progress(0, theta, optimizer.init(theta), estimator.init(init_key, theta), 0, 0, 0, 0, 0.0)
+    est_state = estimator.init(init_key, theta)
+    burn_in = int(getattr(est_state, "init_steps", 0))  # inner steps `init` spent staggering, counted as compute
+    run = _Progress(0, theta, optimizer.init(theta), est_state, burn_in, 0, 0, 0, 0.0)
   if metrics_path is not None:
     _write_jsonl(metrics_path, metrics)
 
   outer_step = make_outer_step(estimator, optimizer)
   eval_fn = jax.jit(evaluate) if evaluate is not None else None
   session_start, session_inner = time.perf_counter(), run.total
-  wall = lambda: run.wall + time.perf_counter() - session_start
+  wall0 = run.wall
+  wall = lambda: wall0 + time.perf_counter() - session_start
 
   def save(p):
     if checkpoint_dir is None or p.step == 0:
@@ -189,7 +207,7 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
   bar = _progress_bar(progress, steps, run.step, progress_desc)
   try:
     if eval_fn is not None and run.step == 0 and not metrics:
-      record = {"step": 0, "total_inner_steps": 0, "sequential_inner_steps": 0, "wall_time": 0.0}
+      record = {"step": 0, "total_inner_steps": run.total, "sequential_inner_steps": 0, "wall_time": 0.0}
       record.update(_scalars(jax.device_get(eval_fn(run.theta, eval_key)), "eval_"))
       emit(record)
       run = run._replace(num_records=len(metrics))
@@ -199,17 +217,8 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
       n = run.step + 1
       new_theta, new_opt, new_est, info = outer_step(run.theta, run.opt_state, run.est_state, train_key,
                                                      jnp.asarray(run.step, jnp.int32))
-      info = jax.device_get(info)
-      skipped = bool(info["skipped"])
-      inner = int(info.get("inner_steps", 0))
-      seq = info.get("sequential_inner_steps", sequential_steps_per_update)
-      total, sequential = run.total + inner, run.sequential + int(seq or 0)
-      num_skipped = run.num_skipped + skipped
-      nonfinite = int(info.get("num_nonfinite", 0))
-      record = {"step": n, "loss": _scalar(info.get("loss", np.nan)), "total_inner_steps": total,
-                "sequential_inner_steps": sequential, "num_nonfinite": nonfinite, "skipped": skipped,
-                "num_skipped": num_skipped, "wall_time": None}
-      record.update({k: v for k, v in _scalars(info).items() if k not in record and k != "inner_steps"})
+      record = _record(n, jax.device_get(info), run, sequential_steps_per_update)
+      skipped, nonfinite, num_skipped = record["skipped"], record["num_nonfinite"], record["num_skipped"]
       do_eval = eval_fn is not None and (n == steps or (eval_every and n % eval_every == 0))
       if do_eval:
         record.update(_scalars(jax.device_get(eval_fn(new_theta, eval_key)), "eval_"))
@@ -221,14 +230,15 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
       logged = n % log_every == 0 or n == steps or do_eval or skipped or nonfinite > 0
       if logged:
         emit(record)
-      run = _Progress(n, new_theta, new_opt, new_est, total, sequential, num_skipped, len(metrics), record["wall_time"])
+      run = _Progress(n, new_theta, new_opt, new_est, record["total_inner_steps"], record["sequential_inner_steps"],
+                      num_skipped, len(metrics), record["wall_time"])
       if callback is not None:
         stop = bool(callback(n, run.theta, record))
       if bar is not None:
         bar.update(1)
         if logged:
           last_eval = record.get("eval_meta_loss", last_eval)
-          _postfix(bar, record, (total - session_inner) / max(time.perf_counter() - session_start, 1e-9), last_eval)
+          _postfix(bar, record, (run.total - session_inner) / max(time.perf_counter() - session_start, 1e-9), last_eval)
       if checkpoint_every and n % checkpoint_every == 0 or n == steps or stop:
         save(run)
   except KeyboardInterrupt:
@@ -239,6 +249,19 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
       bar.close()
   del metrics[run.num_records:]
   return TrainResult(run.theta, run.opt_state, run.est_state, run.step, metrics, run.num_skipped)
+
+
+def _record(n, info, run, sequential_steps_per_update):
+  """The log record of outer step n from the step's info (on the host) and the counters before it."""
+  seq = info.get("sequential_inner_steps", sequential_steps_per_update)
+  skipped = bool(info["skipped"])
+  record = {"step": n, "loss": _scalar(info.get("loss", np.nan)),
+            "total_inner_steps": run.total + int(info.get("inner_steps", 0)),
+            "sequential_inner_steps": run.sequential + int(seq or 0),
+            "num_nonfinite": int(info.get("num_nonfinite", 0)), "skipped": skipped,
+            "num_skipped": run.num_skipped + skipped, "wall_time": None}
+  record.update({k: v for k, v in _scalars(info).items() if k not in record and k != "inner_steps"})
+  return record
 
 
 def _write_jsonl(path, records):
