@@ -4,7 +4,7 @@
     state = est.init(key, theta)
     grad, state, info = est.estimate(key, theta, state)   # grad feeds any optax optimizer
 """
-from unrolled_es.estimator import GradientEstimator
+from unrolled_es.estimator import GradientEstimator, particle_mesh
 from unrolled_es.estimators import (es_single, full_bptt, full_es, generalized_pes, nres, pes, truncated_bptt,
                                     truncated_es)
 from unrolled_es.layers import linear, materialize
@@ -15,4 +15,4 @@ ESTIMATORS = ("full_es", "truncated_es", "pes", "generalized_pes", "es_single", 
               "full_bptt")
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
-           "linear", "materialize", *ESTIMATORS, "ESTIMATORS"]
+           "linear", "materialize", "particle_mesh", *ESTIMATORS, "ESTIMATORS"]

@@ -19,16 +19,12 @@ import os
 import shutil
 import sys
 
-ESTIMATORS = ("full_es", "truncated_es", "pes", "es_single", "nres", "generalized_pes", "truncated_bptt",
-              "full_bptt")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 # Options that change the computation: a resumed run must agree on them (steps etc. may grow).
 FINGERPRINTED = ("task", "task_args", "estimator", "estimator_args", "particles", "sigma", "truncation", "rank",
                  "lr", "optimizer", "seed", "antithetic", "stagger")
 RUN_FILES = ("config.json", "metrics.jsonl", "meta_loss.png", "checkpoints")
-_FLAG = {"particles": "--particles", "sigma": "--sigma", "truncation": "--truncation", "lr": "--lr",
-         "optimizer": "--optimizer", "seed": "--seed", "antithetic": "--antithetic", "stagger": "--stagger",
-         "task": "--task", "estimator": "--estimator", "rank": "--rank", "task_args": "--task-arg", "estimator_args": "--estimator-arg"}
+_FLAG = {k: "--" + k.replace("_args", "-arg") for k in FINGERPRINTED}  # e.g. task_args -> --task-arg
 
 
 class UsageError(Exception):
@@ -38,7 +34,7 @@ class UsageError(Exception):
 def estimator_constructors() -> dict:
   """name -> constructor, for the estimators `unrolled_es` exports."""
   import unrolled_es
-  return {n: getattr(unrolled_es, n) for n in ESTIMATORS if hasattr(unrolled_es, n)}
+  return {n: getattr(unrolled_es, n) for n in unrolled_es.ESTIMATORS}
 
 
 def task_names() -> tuple:
@@ -53,7 +49,7 @@ def build_task(name, **kwargs):
 
 def task_module(name):
   """The module defining task `name`, where the optional `report` hook lives."""
-  import tasks
+  import tasks  # TODO(lead): a public tasks.module(name) would replace the _MODULES lookup
   if hasattr(tasks, "module"):
     return tasks.module(name)
   modules = getattr(tasks, "_MODULES", {})

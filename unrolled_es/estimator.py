@@ -23,7 +23,7 @@ class GradientEstimator(NamedTuple):
 
 
 def make_config(system: UnrolledSystem, *, num_particles, truncation_length, sigma=None, noise=None,
-                antithetic=True, stagger=False, **settings) -> particles.Config:
+                antithetic=True, stagger=False, mesh=None, **settings) -> particles.Config:
   """Validates the shared constructor arguments and returns the engine's settings."""
   check_system(system)
   num_particles = check_int("num_particles", num_particles, 1)
@@ -36,8 +36,23 @@ def make_config(system: UnrolledSystem, *, num_particles, truncation_length, sig
   for name, flag in (("antithetic", antithetic), ("stagger", stagger)):
     if not isinstance(flag, bool):
       raise ValueError(f"{name} must be True or False; got {flag!r}")
+  if mesh is not None:
+    if not (isinstance(mesh, jax.sharding.Mesh) and "particles" in mesh.axis_names):
+      raise ValueError(f"mesh must be a jax.sharding.Mesh with a 'particles' axis (see unrolled_es.particle_mesh); "
+                       f"got {mesh!r}")
+    if num_particles % mesh.shape["particles"]:
+      raise ValueError(f"num_particles must be a multiple of the number of devices on the mesh's 'particles' "
+                       f"axis ({mesh.shape['particles']}); got {num_particles}")
   return particles.Config(num_particles=num_particles, truncation_length=truncation_length, sigma=sigma,
-                          noise=noise, antithetic=antithetic, stagger=stagger, **settings)
+                          noise=noise, antithetic=antithetic, stagger=stagger, mesh=mesh, **settings)
+
+
+def particle_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh named "particles" over `devices` (default: every device of every process, after
+  jax.distributed.initialize on multi-host runs). Pass it as `mesh=` to any estimator."""
+  import numpy as np
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.sharding.Mesh(np.array(devices), ("particles",))
 
 
 def build(system: UnrolledSystem, cfg: particles.Config) -> GradientEstimator:

@@ -45,6 +45,7 @@ class Config(NamedTuple):
   sync_members: bool = False
   fresh_episodes: bool = False
   stagger: bool = False
+  mesh: Any = None                  # jax.sharding.Mesh with a "particles" axis: particles split over its devices
 
   @property
   def members(self):
@@ -79,6 +80,14 @@ def tree_select(pred, on_true, on_false):
   return jax.tree_util.tree_map(sel, on_true, on_false)
 
 
+def constrain(cfg: Config, tree):
+  """Pins the leading (particle) axis of every leaf to the mesh's "particles" axis; theta stays replicated."""
+  if cfg.mesh is None:
+    return tree
+  sharding = jax.sharding.NamedSharding(cfg.mesh, jax.sharding.PartitionSpec("particles"))
+  return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
 def raw_key(key):
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     return jax.random.key_data(key)
@@ -93,9 +102,10 @@ def init_particles(system: UnrolledSystem, cfg: Config, theta, key) -> Particles
   xi = None
   if cfg.accumulate:
     xi = jax.tree_util.tree_map(lambda x: jnp.zeros((n,) + jnp.shape(x), jnp.result_type(x)), theta)
-  return Particles(inner=inner, t=jnp.full((n,), system.horizon, jnp.int32),
-                   noise_key=jnp.zeros((n, 2), jnp.uint32), windows_since_draw=jnp.ones((n,), jnp.int32),
-                   xi=xi, init_steps=jnp.zeros((), jnp.int32))
+  p = Particles(inner=inner, t=jnp.full((n,), system.horizon, jnp.int32),
+                noise_key=jnp.zeros((n, 2), jnp.uint32), windows_since_draw=jnp.ones((n,), jnp.int32),
+                xi=xi, init_steps=jnp.zeros((), jnp.int32))
+  return constrain(cfg, p._replace(init_steps=None))._replace(init_steps=p.init_steps)
 
 
 def advance(system: UnrolledSystem, cfg: Config, theta, p: Particles, key, active=None, differentiate=True):
@@ -105,8 +115,8 @@ def advance(system: UnrolledSystem, cfg: Config, theta, p: Particles, key, activ
   """
   n, k, horizon, es = cfg.num_particles, cfg.truncation_length, system.horizon, cfg.sigma is not None
   signs = jnp.array([1.0, -1.0][:cfg.members]) if es else jnp.zeros((1,))
-  draw_keys, reset_keys, init_keys, step_bases = jnp.moveaxis(
-      jax.vmap(lambda kk: jax.random.split(kk, 4))(jax.random.split(raw_key(key), n)), 1, 0)
+  draw_keys, reset_keys, init_keys, step_bases = jnp.moveaxis(constrain(
+      cfg, jax.vmap(lambda kk: jax.random.split(kk, 4))(jax.random.split(raw_key(key), n))), 1, 0)
 
   reset_slot = horizon - p.t                           # the slot at which the particle starts a new episode
   resets = reset_slot < k
@@ -120,7 +130,7 @@ def advance(system: UnrolledSystem, cfg: Config, theta, p: Particles, key, activ
 
   if es:
     sample = jax.vmap(cfg.noise.sample, (0, None))
-    eps_pre, eps_post = sample(cur_keys, theta), sample(reset_keys, theta)
+    eps_pre, eps_post = constrain(cfg, (sample(cur_keys, theta), sample(reset_keys, theta)))
   else:
     eps_pre = eps_post = jnp.zeros((n,))
   xi_pre = None
@@ -164,6 +174,7 @@ def advance(system: UnrolledSystem, cfg: Config, theta, p: Particles, key, activ
       windows_since_draw=jnp.where(resets, 1, count),
       xi=None if xi_pre is None else tree_select(resets, jax.vmap(cfg.noise.dense)(eps_post), xi_pre),
       init_steps=p.init_steps)
+  new = new._replace(inner=constrain(cfg, new.inner))
   if active is not None:
     new = tree_select(active, new, p)._replace(init_steps=p.init_steps)
     valid &= active

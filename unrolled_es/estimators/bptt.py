@@ -10,11 +10,14 @@ from unrolled_es.estimator import GradientEstimator, build, make_config
 from unrolled_es.system import check_system
 
 
-def truncated_bptt(system, *, truncation_length, num_particles=1, stagger=True) -> GradientEstimator:
-  cfg = make_config(system, num_particles=num_particles, truncation_length=truncation_length, stagger=stagger)
+def truncated_bptt(system, *, truncation_length, num_particles=1, stagger=True,
+                   mesh=None) -> GradientEstimator:
+  cfg = make_config(system, num_particles=num_particles, truncation_length=truncation_length, stagger=stagger,
+                    mesh=mesh)
   return build(system, cfg)
 
 
-def full_bptt(system, *, num_particles=1) -> GradientEstimator:
-  cfg = make_config(check_system(system), num_particles=num_particles, truncation_length=system.horizon)
+def full_bptt(system, *, num_particles=1, mesh=None) -> GradientEstimator:
+  cfg = make_config(check_system(system), num_particles=num_particles, truncation_length=system.horizon,
+                    mesh=mesh)
   return build(system, cfg._replace(fresh_episodes=True))

@@ -13,9 +13,9 @@ from unrolled_es.estimator import GradientEstimator, build, make_config
 
 
 def es_single(system, *, num_particles, sigma, truncation_length, antithetic=True, stagger=True,
-              noise=None) -> GradientEstimator:
+              noise=None, mesh=None) -> GradientEstimator:
   cfg = make_config(system, num_particles=num_particles, truncation_length=truncation_length, sigma=sigma,
-                    noise=noise, antithetic=antithetic, stagger=stagger)
+                    noise=noise, antithetic=antithetic, stagger=stagger, mesh=mesh)
   return build(system, cfg._replace(windows_per_draw=None))
 
 

@@ -8,7 +8,7 @@ from unrolled_es.estimator import GradientEstimator, build, make_config
 from unrolled_es.system import check_system
 
 
-def full_es(system, *, num_particles, sigma, antithetic=True, noise=None) -> GradientEstimator:
+def full_es(system, *, num_particles, sigma, antithetic=True, noise=None, mesh=None) -> GradientEstimator:
   cfg = make_config(check_system(system), num_particles=num_particles, truncation_length=system.horizon,
-                    sigma=sigma, noise=noise, antithetic=antithetic)
+                    sigma=sigma, noise=noise, antithetic=antithetic, mesh=mesh)
   return build(system, cfg._replace(windows_per_draw=None, fresh_episodes=True))

@@ -14,13 +14,13 @@ from unrolled_es.system import check_int
 
 
 def generalized_pes(system, *, num_particles, sigma, truncation_length, resample_every=None,
-                    antithetic=True, stagger=True, noise=None) -> GradientEstimator:
+                    antithetic=True, stagger=True, noise=None, mesh=None) -> GradientEstimator:
   """GPES-k: noise redrawn every `resample_every` inner steps (None: once per episode) and accumulated.
 
   resample_every: a multiple of truncation_length, or ≥ horizon (then the same as None: ES-Single).
   """
   cfg = make_config(system, num_particles=num_particles, truncation_length=truncation_length, sigma=sigma,
-                    noise=noise, antithetic=antithetic, stagger=stagger)
+                    noise=noise, antithetic=antithetic, stagger=stagger, mesh=mesh)
   k, horizon = cfg.truncation_length, system.horizon
   if resample_every is not None:
     resample_every = check_int("resample_every", resample_every, k)
@@ -34,7 +34,8 @@ def generalized_pes(system, *, num_particles, sigma, truncation_length, resample
 
 
 def pes(system, *, num_particles, sigma, truncation_length, antithetic=True, stagger=True,
-        noise=None) -> GradientEstimator:
+        noise=None, mesh=None) -> GradientEstimator:
   """PES: a fresh draw every window, weighted by the running sum of the episode's draws."""
   return generalized_pes(system, num_particles=num_particles, sigma=sigma, truncation_length=truncation_length,
-                         resample_every=truncation_length, antithetic=antithetic, stagger=stagger, noise=noise)
+                         resample_every=truncation_length, antithetic=antithetic, stagger=stagger, noise=noise,
+                         mesh=mesh)
