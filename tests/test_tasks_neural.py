@@ -14,7 +14,7 @@ KEY = jax.random.PRNGKey(0)
 
 @pytest.fixture(scope="module")
 def lopt_task():
-  return tasks.get("learned_optimizer", horizon=50)
+  return tasks.get("learned_optimizer", horizon=50, hidden=(16,))
 
 
 def _tokens(system, theta, key, n):
@@ -29,7 +29,7 @@ def _tokens(system, theta, key, n):
 
 @pytest.mark.parametrize("name,kw", [("rnn_char", {"data": "real"}), ("rnn_char", {"data": "random"}),
                                      ("rnn_char", {"data": "repeat"}), ("rnn_copy", {}),
-                                     ("learned_optimizer", {"horizon": 20})])
+                                     ("learned_optimizer", {"horizon": 20, "hidden": (16,)})])
 def test_contract_and_settings(name, kw):
   task = tasks.get(name, **kw)
   check_step_contract(task.system, task.theta0, KEY)
@@ -97,32 +97,29 @@ def test_bad_arguments():
 def test_untrained_lopt_makes_progress(lopt_task):
   losses = np.asarray(episode_losses(lopt_task.system, lopt_task.theta0, KEY))
   assert np.all(np.isfinite(losses))
-  assert losses[-10:].mean() < 0.7 * losses[0]
+  assert losses[-10:].mean() < 0.8 * losses[0]
   out = jax.jit(lopt_task.evaluate)(lopt_task.theta0, KEY)  # same key schedule as the system
   np.testing.assert_allclose(out["meta_loss"], losses.mean(), rtol=1e-5)
   assert float(out["test_accuracy"]) > 0.3
 
 
-def test_adam_baseline_and_lr_tuning():
-  config = lo.make_config(horizon=50)
-  curve = np.asarray(lo.train_inner(config, None, KEY, optimizer="adam", lr=1e-2)["train_loss"])
-  assert curve[-10:].mean() < 0.5 * curve[0]
-  best, score = lo.tune_adam_lr(config, jax.random.split(KEY, 2), lrs=(1e-5, 1e-2))
-  assert best == 1e-2 and score[1] < score[0]
-
-
-def test_heldout_width_comparison(lopt_task):
-  config = lo.make_config(horizon=50)
-  out = lo.compare_with_adam(config, lopt_task.theta0, jax.random.split(jax.random.PRNGKey(7), 2), 1e-2,
-                             hidden=(16,), steps=20)
+def test_adam_tuning_and_heldout_comparison(lopt_task):
+  config = lo.make_config(horizon=50, hidden=(16,))
+  best, score = lo.tune_adam_lr(config, jax.random.split(KEY, 2), lrs=(1e-5, 1e-2), steps=30)
+  assert best == 1e-2 and score[1] < 0.8 * score[0]
+  # held out: other seeds, another width
+  out = lo.compare_with_adam(config, lopt_task.theta0, jax.random.split(jax.random.PRNGKey(7), 2), best,
+                             hidden=(8,), steps=30)
   for name in ("learned", "adam"):
-    assert out[name]["train_loss"].shape == (20,)
-    assert np.isfinite(float(out[name]["test_loss"]))
+    curve = np.asarray(out[name]["train_loss"])
+    assert curve.shape == (30,) and np.all(np.isfinite(curve))
+    assert curve[-5:].mean() < (0.8 if name == "adam" else 0.95) * curve[0]
+    assert 0.0 <= float(out[name]["test_accuracy"]) <= 1.0
 
 
 def test_lopt_meta_gradient_is_finite(lopt_task):
   """Full BPTT through a short unroll (second order through the inner gradients) stays finite."""
-  system = lopt_task.system._replace(horizon=5)
+  system = lopt_task.system._replace(horizon=3)
   grad = jax.grad(lambda th: jnp.mean(episode_losses(system, th, KEY)))(lopt_task.theta0)
   leaves = jax.tree_util.tree_leaves(grad)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)

@@ -157,15 +157,16 @@ def _read(path):
   try:
     with np.load(path, allow_pickle=False) as f:
       header = json.loads(f["header"].tobytes().decode())
+      if header.get("format") != FORMAT:
+        raise ValueError(f"not an {FORMAT} file")
       raws = [f[f"leaf_{i}"] for i in range(len(header["leaves"]))]
-  except Exception as e:  # zip CRC, truncation, bad JSON, missing member: all mean a damaged file
+    digest = hashlib.sha256()
+    for raw in raws:
+      digest.update(raw.tobytes())
+    ok = digest.hexdigest() == header["sha256"]
+  except Exception as e:  # zip CRC, truncation, bad JSON, missing member or field: all mean a damaged file
     raise CorruptCheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
-  if not isinstance(header, dict) or header.get("format") != FORMAT:
-    raise CorruptCheckpointError(f"checkpoint {path} is not an {FORMAT} file")
-  digest = hashlib.sha256()
-  for raw in raws:
-    digest.update(raw.tobytes())
-  if digest.hexdigest() != header["sha256"]:
+  if not ok:
     raise CorruptCheckpointError(f"checkpoint {path} fails its SHA-256 check (the file is damaged)")
   return header, raws
 
@@ -184,8 +185,9 @@ def load(path: str, template, *, config_fingerprint: str | None = None):
   expected = _template_records(template)
   stored = [(r["path"], r["shape"], r["dtype"]) for r in header["leaves"]]
   if str(treedef) != header["treedef"] or len(expected) != len(stored):
+    names = lambda records: ", ".join(r[0] for r in records[:6]) + (", ..." if len(records) > 6 else "")
     raise CheckpointError(f"checkpoint {path} holds a different pytree structure: {len(stored)} leaves "
-                          f"{[s[0] for s in stored][:6]}..., expected {len(expected)} {[e[0] for e in expected][:6]}...")
+                          f"({names(stored)}), expected {len(expected)} ({names(expected)})")
   for e, s in zip(expected, stored):
     if tuple(e) != (s[0], list(s[1]), s[2]):
       raise CheckpointError(f"checkpoint {path}: leaf {s[0]} has shape {s[1]} dtype {s[2]}, "

@@ -168,9 +168,9 @@ def _resolve(args, saved):
     raise UsageError(f"unknown task {cfg['task']!r}; choose one of: {', '.join(names)}")
   ctors = estimator_constructors()
   if cfg.get("estimator") is None:
-    raise UsageError(f"--estimator is required; choose one of: {', '.join(ctors) or '(none available)'}")
+    raise UsageError(f"--estimator is required; choose one of: {', '.join(ctors)}")
   if cfg["estimator"] not in ctors:
-    raise UsageError(f"unknown estimator {cfg['estimator']!r}; choose one of: {', '.join(ctors) or '(none available)'}")
+    raise UsageError(f"unknown estimator {cfg['estimator']!r}; choose one of: {', '.join(ctors)}")
   return cfg, ctors[cfg["estimator"]]
 
 
@@ -182,6 +182,9 @@ def _fill_from_task(cfg, task, ctor):
   for k, v in defaults.items():
     if cfg.get(k) is None:
       cfg[k] = v
+  for k in ("antithetic", "stagger"):
+    if k not in accepts:
+      cfg[k] = None
   for k, param in (("sigma", "sigma"), ("truncation", "truncation_length")):
     if param not in accepts:
       cfg[k] = None  # e.g. BPTT has no σ, full ES no K: they stay out of the run's identity
@@ -326,7 +329,8 @@ def cmd_train(args) -> int:
   optimizer = make_optimizer(cfg["optimizer"], cfg["lr"])
 
   os.makedirs(out, exist_ok=True)
-  _write_json(os.path.join(out, "config.json"), dict(cfg, versions={"jax": jax.__version__, "optax": optax.__version__}))
+  versions = {"jax": jax.__version__, "optax": optax.__version__}
+  _write_json(os.path.join(out, "config.json"), dict(cfg, versions=versions))
   sequential = cfg["truncation"] if cfg["truncation"] is not None else task.system.horizon
   with warnings.catch_warnings():
     # one line per warning (e.g. a damaged checkpoint skipped), printed when it happens

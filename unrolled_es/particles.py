@@ -128,39 +128,46 @@ def advance(system: UnrolledSystem, cfg: Config, theta, p: Particles, key, activ
   if cfg.sync_members:
     inner = jax.tree_util.tree_map(lambda s: jnp.broadcast_to(s[:, :1], s.shape), inner)
 
-  if es:
-    sample = jax.vmap(cfg.noise.sample, (0, None))
-    eps_pre, eps_post = constrain(cfg, (sample(cur_keys, theta), sample(reset_keys, theta)))
-  else:
-    eps_pre = eps_post = jnp.zeros((n,))
+  sample = jax.vmap(cfg.noise.sample, (0, None)) if es else None
+  eps_pre = constrain(cfg, sample(cur_keys, theta)) if es else None
   xi_pre = None
   if cfg.accumulate:
     xi_pre = tree_select(redraw, jax.tree_util.tree_map(jnp.add, p.xi, jax.vmap(cfg.noise.dense)(eps_pre)), p.xi)
 
-  def member(th, inner0, e_pre, e_post, sign, init_key, base, j_reset):
-    def params(e):
-      return cfg.noise.perturb(th, e, sign * cfg.sigma) if es else th
-    fresh = system.init(init_key, params(e_post))
+  def perturbed(th, e, sign):
+    return cfg.noise.perturb(th, e, sign * cfg.sigma) if es else th
 
+  def fresh_states(th, e_post, init_key):  # one particle's members at the start of a new episode
+    return jax.vmap(lambda sign: system.init(init_key, perturbed(th, e_post, sign)))(signs)
+
+  def member(th, inner0, fresh, e_pre, e_post, sign, base, j_reset):
     def slot(state, j):
       state = tree_select(j == j_reset, fresh, state)
       e = tree_select(j >= j_reset, e_post, e_pre) if es else None
-      return system.step(params(e), state, step_key(base, j))
-    final, losses = jax.lax.scan(slot, inner0, jnp.arange(k))
-    return final, losses
+      return system.step(perturbed(th, e, sign), state, step_key(base, j))
+    return jax.lax.scan(slot, inner0, jnp.arange(k))
 
-  members = jax.vmap(member, (None, 0, None, None, 0, None, None, None))
-  particles = jax.vmap(members, (None, 0, 0, 0, None, 0, 0, 0))
-  args = (inner, eps_pre, eps_post, signs, init_keys, step_bases, reset_slot)
+  members = jax.vmap(member, (None, 0, 0, None, None, 0, None, None))
   if es or not differentiate:
-    final, losses = particles(theta, *args)
+    # New episodes' noise and states cost a draw and an init per particle: skip them in windows without a reset.
+    def with_resets():
+      e_post = constrain(cfg, sample(reset_keys, theta)) if es else None
+      return e_post, jax.vmap(fresh_states, (None, 0, 0))(theta, e_post, init_keys)
+
+    def without_resets():
+      return jax.tree_util.tree_map(jnp.zeros_like, eps_pre), inner
+    eps_post, fresh = jax.lax.cond(jnp.any(resets), with_resets, without_resets)
+    final, losses = jax.vmap(members, (None, 0, 0, 0, 0, None, 0, 0))(
+        theta, inner, fresh, eps_pre, eps_post, signs, step_bases, reset_slot)
     grads = None
   else:
-    def mean_loss(th, *a):
-      final, losses = members(th, *a)
+    # Autodiff differentiates through a new episode's init too, so the fresh states are built inside.
+    def mean_loss(th, inner0, init_key, base, j_reset):
+      final, losses = members(th, inner0, fresh_states(th, None, init_key), None, None, signs, base, j_reset)
       return jnp.mean(losses.astype(jnp.float32)), (final, losses)
-    (_, (final, losses)), grads = jax.vmap(jax.value_and_grad(mean_loss, has_aux=True),
-                                           (None, 0, 0, 0, None, 0, 0, 0))(theta, *args)
+    eps_post = None
+    (_, (final, losses)), grads = jax.vmap(jax.value_and_grad(mean_loss, has_aux=True), (None, 0, 0, 0, 0))(
+        theta, inner, init_keys, step_bases, reset_slot)
 
   losses = losses.astype(jnp.float32)
   valid = jnp.all(jnp.isfinite(losses), axis=(1, 2))
