@@ -14,9 +14,12 @@ class Task(NamedTuple):
              (what the outer loop reports), plus task-specific extras (e.g. "test_loss", "a", "r").
   settings:  the published estimator settings for this task: "sigma", "num_particles",
              "truncation_length", "outer_lr", "optimizer" ("sgd" | "adam"), "steps".
+  report:    optional `report(theta, out_dir) -> rows` run after training (e.g. the learned optimizer
+             against tuned Adam), returning a list of dicts to print as a table.
   """
   name: str
   system: UnrolledSystem
   theta0: Any
   evaluate: Callable[[Any, Any], dict]
   settings: dict
+  report: Callable[[Any, str], list] | None = None

@@ -27,6 +27,8 @@ small_fc_lopt) so that the lopt sees unit-scale inputs whatever the layer; plus 
 tanh(t / (τ T)), τ ∈ TIMESCALES, shared by all parameters.
 """
 import functools
+import json
+import os
 from typing import Any, NamedTuple
 
 import haiku as hk
@@ -262,4 +264,56 @@ def learned_optimizer(horizon: int = 200, hidden=(32, 32), activation: str = "ge
 
   settings = {"sigma": 0.01, "num_particles": 100, "truncation_length": 1, "outer_lr": 3e-4,
               "optimizer": "adam", "steps": 5000}
-  return Task("learned_optimizer", _system(config, config.horizon), theta0, evaluate, settings)
+  return Task("learned_optimizer", _system(config, config.horizon), theta0, evaluate, settings,
+              report=functools.partial(report, config, theta0))
+
+
+def report(config: LoptConfig, theta0, theta, out_dir, seeds: int = 4):
+  """The meta-trained optimizer against Adam with a tuned learning rate, on held-out inner problems.
+
+  Adam's lr is tuned per width on training seeds 0..seeds-1; every comparison runs on held-out seeds (1000+)
+  at the meta-training width and at held-out widths, plus the untrained optimizer θ0 for reference. Writes
+  lopt_vs_adam.json and lopt_vs_adam.png to out_dir and returns the table's rows.
+  """
+  train_keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+  test_keys = jax.random.split(jax.random.PRNGKey(1000), seeds)
+  widths = {"trained width " + _width(config.hidden): config.hidden}
+  for other in ((64, 64), (16,)):
+    if tuple(other) != tuple(config.hidden):
+      widths["held-out width " + _width(other)] = other
+  rows, curves = [], {}
+  for label, hidden in widths.items():
+    adam_lr, _ = tune_adam_lr(config, train_keys, hidden=hidden)
+    result = compare_with_adam(config, theta, test_keys, adam_lr, hidden=hidden)
+    untrained = compare_with_adam(config, theta0, test_keys, adam_lr, hidden=hidden)["learned"]
+    for name, r in (("learned (meta-trained)", result["learned"]), ("learned (untrained θ0)", untrained),
+                    (f"adam (tuned lr {adam_lr:g})", result["adam"])):
+      rows.append({"inner problem": label, "optimizer": name,
+                   "mean train loss": float(jnp.mean(r["train_loss"])),
+                   "final train loss": float(jnp.mean(r["train_loss"][-max(1, config.horizon // 10):])),
+                   "test loss": float(r["test_loss"]), "test accuracy": float(r["test_accuracy"])})
+      curves.setdefault(label, {})[name] = np.asarray(r["train_loss"]).tolist()
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "lopt_vs_adam.json"), "w") as f:
+    json.dump({"rows": rows, "curves": curves, "held_out_seeds": seeds}, f, indent=1)
+  _plot(curves, os.path.join(out_dir, "lopt_vs_adam.png"))
+  return rows
+
+
+def _width(hidden):
+  return "-".join(str(h) for h in hidden)
+
+
+def _plot(curves, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
+  for ax, (label, by_opt) in zip(axes[0], curves.items()):
+    for name, curve in by_opt.items():
+      ax.plot(curve, label=name, lw=1.2)
+    ax.set(title=label + " (held-out seeds)", xlabel="inner step", ylabel="train loss", yscale="log")
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from typing import NamedTuple
 
 import jax
@@ -70,11 +69,10 @@ def fake_bptt(system, num_particles=4, truncation_length=2):
 def fakes(monkeypatch):
   reports = []
   monkeypatch.setattr(cli, "task_names", lambda: ("toy", "other"))
-  monkeypatch.setattr(cli, "build_task", lambda name, **kw: toy_task(**kw))
-  monkeypatch.setattr(cli, "estimator_constructors", lambda: {"fake_es": fake_es, "fake_bptt": fake_bptt})
-  report = lambda task, theta, out: reports.append((task.name, np.asarray(theta), out)) or [
+  report = lambda theta, out: reports.append(("toy", np.asarray(theta), out)) or [
       {"optimizer": "learned", "test_loss": 0.25}, {"optimizer": "adam", "test_loss": 0.5}]
-  monkeypatch.setattr(cli, "task_module", lambda name: types.SimpleNamespace(report=report))
+  monkeypatch.setattr(cli, "build_task", lambda name, **kw: toy_task(**kw)._replace(report=report))
+  monkeypatch.setattr(cli, "estimator_constructors", lambda: {"fake_es": fake_es, "fake_bptt": fake_bptt})
   return reports
 
 

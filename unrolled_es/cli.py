@@ -6,12 +6,11 @@
 Options left unset come from the task's published settings (`Task.settings`). A run folder holds
 config.json, metrics.jsonl, checkpoints/ and meta_loss.png; `--resume` continues it exactly (options left
 unset come from its config.json), `--overwrite` replaces it. Bad input ends with one line on stderr and exit
-code 2. After training, a task module's `report(task, theta, out_dir)` is called if it has one.
+code 2. After training, the task's `report(theta, out_dir)` is run if it has one.
 """
 import argparse
 import ast
 import functools
-import importlib
 import inspect
 import json
 import math
@@ -45,15 +44,6 @@ def task_names() -> tuple:
 def build_task(name, **kwargs):
   import tasks
   return tasks.get(name, **kwargs)
-
-
-def task_module(name):
-  """The module defining task `name`, where the optional `report` hook lives."""
-  import tasks  # TODO(lead): a public tasks.module(name) would replace the _MODULES lookup
-  if hasattr(tasks, "module"):
-    return tasks.module(name)
-  modules = getattr(tasks, "_MODULES", {})
-  return importlib.import_module(modules[name]) if name in modules else None
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -414,15 +404,10 @@ def plot_metrics(metrics, path, title=""):
 
 
 def run_report(name, task, theta, out):
-  """The task's end-of-run hook: `report(task, theta, out_dir)`, if the task's module defines one.
-
-  A hook returning a string has it printed; one returning rows (dicts) has them printed as a table.
-  """
-  module = task_module(name)
-  hook = getattr(module, "report", None)
-  if hook is None:
+  """The task's end-of-run report (`Task.report(theta, out_dir)`), printed as a table, if the task has one."""
+  if getattr(task, "report", None) is None:
     return
-  result = hook(task, theta, out)
+  result = task.report(theta, out)
   if isinstance(result, str):
     print(result)
   elif result:
