@@ -239,7 +239,8 @@ def info(cfg: Config, w: Window):
           "num_nonfinite": (cfg.num_particles - n_valid).astype(jnp.int32),
           "num_valid": n_valid.astype(jnp.int32),
           "resets": jnp.sum(w.resets).astype(jnp.int32),
-          "inner_steps": jnp.asarray(cfg.num_particles * cfg.members * cfg.truncation_length, jnp.int32)}
+          "inner_steps": jnp.asarray(cfg.num_particles * cfg.members * cfg.truncation_length, jnp.int32),
+          "sequential_inner_steps": jnp.asarray(cfg.truncation_length, jnp.int32)}
 
 
 def burn_in(system: UnrolledSystem, cfg: Config, theta, p: Particles, key) -> Particles:
