@@ -39,6 +39,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from tasks.base import Task
+from unrolled_es.haiku_layers import haiku_apply
 from tasks.datasets import load_images
 from tasks.models import check_activation, check_hidden, cross_entropy, mlp_classifier, numpy_init
 from unrolled_es.system import (UnrolledSystem, check_int, check_positive_float, episode_keys,
@@ -153,7 +154,7 @@ def _inner(hidden, activation, batch_size, data_path) -> _Inner:
 
 def _system(config: LoptConfig, horizon: int) -> UnrolledSystem:
   inner = _inner(config.hidden, config.activation, config.batch_size, config.data_path)
-  apply = lopt_network(config.lopt_hidden).apply
+  apply = haiku_apply(lopt_network(config.lopt_hidden).apply)  # factored low-rank noise applies as is
 
   def init(key, theta):
     del theta

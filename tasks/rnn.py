@@ -14,6 +14,7 @@ import numpy as np
 from tasks import text
 from tasks.base import Task
 from tasks.models import cross_entropy, lstm_lm, numpy_init
+from unrolled_es.haiku_layers import haiku_apply
 from unrolled_es.system import UnrolledSystem, check_int, episode_keys, step_key
 
 DATA = ("real", "random", "repeat")
@@ -73,6 +74,7 @@ def rnn_char(horizon: int = 1000, hidden: int = 5, data: str = "real", seed: int
   corpus = jnp.asarray(ids)
   vocab = text.VOCAB_SIZE
   model, initial_state = lstm_lm(hidden, vocab)
+  apply = haiku_apply(model.apply)  # low_rank(r, factored=True) noise applies without per-particle matrices
   repeat_start = int(np.random.default_rng(seed).integers(0, len(ids) - horizon))
 
   def init(key, theta):
@@ -83,7 +85,7 @@ def rnn_char(horizon: int = 1000, hidden: int = 5, data: str = "real", seed: int
     return CharState(initial_state(), corpus[start].astype(jnp.int32), start)
 
   def step_full(theta, state, key):
-    logits, lstm = model.apply(theta, state.token, state.lstm)
+    logits, lstm = apply(theta, state.token, state.lstm)
     if data == "random":
       target = jax.random.randint(key, (), 0, vocab)
     else:
@@ -133,6 +135,7 @@ def rnn_copy(horizon: int = 50, copy_length: int = 5, num_symbols: int = 8, hidd
   hidden = check_int("hidden", hidden, 1)
   seed = check_int("seed", seed, 0)
   model, initial_state = lstm_lm(hidden, num_symbols + 2)
+  apply = haiku_apply(model.apply)
 
   def init(key, theta):
     del theta
@@ -142,7 +145,7 @@ def rnn_copy(horizon: int = 50, copy_length: int = 5, num_symbols: int = 8, hidd
   def step_full(theta, state, key):
     del key
     token, target, is_recall = copy_tokens(state.symbols, state.t, horizon, num_symbols)
-    logits, lstm = model.apply(theta, token, state.lstm)
+    logits, lstm = apply(theta, token, state.lstm)
     correct = (jnp.argmax(logits) == target).astype(jnp.float32)
     out = (cross_entropy(logits, target), correct, is_recall.astype(jnp.float32))
     return CopyState(lstm, state.symbols, state.t + 1), out

@@ -7,6 +7,7 @@
 from unrolled_es.estimator import GradientEstimator, particle_mesh
 from unrolled_es.estimators import (es_single, full_bptt, full_es, generalized_pes, nres, pes, truncated_bptt,
                                     truncated_es)
+from unrolled_es.haiku_layers import haiku_apply
 from unrolled_es.layers import linear, materialize
 from unrolled_es.noise import Noise, PerturbedMatrix, gaussian, low_rank
 from unrolled_es.system import UnrolledSystem, evaluate
@@ -15,4 +16,4 @@ ESTIMATORS = ("full_es", "truncated_es", "pes", "generalized_pes", "es_single", 
               "full_bptt")
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
-           "linear", "materialize", "particle_mesh", *ESTIMATORS, "ESTIMATORS"]
+           "linear", "materialize", "haiku_apply", "particle_mesh", *ESTIMATORS, "ESTIMATORS"]

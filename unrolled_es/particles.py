@@ -129,10 +129,6 @@ def advance(system: UnrolledSystem, cfg: Config, theta, p: Particles, key, activ
     inner = jax.tree_util.tree_map(lambda s: jnp.broadcast_to(s[:, :1], s.shape), inner)
 
   sample = jax.vmap(cfg.noise.sample, (0, None)) if es else None
-  eps_pre = constrain(cfg, sample(cur_keys, theta)) if es else None
-  xi_pre = None
-  if cfg.accumulate:
-    xi_pre = tree_select(redraw, jax.tree_util.tree_map(jnp.add, p.xi, jax.vmap(cfg.noise.dense)(eps_pre)), p.xi)
 
   def perturbed(th, e, sign):
     return cfg.noise.perturb(th, e, sign * cfg.sigma) if es else th
@@ -140,34 +136,51 @@ def advance(system: UnrolledSystem, cfg: Config, theta, p: Particles, key, activ
   def fresh_states(th, e_post, init_key):  # one particle's members at the start of a new episode
     return jax.vmap(lambda sign: system.init(init_key, perturbed(th, e_post, sign)))(signs)
 
+  def new_episodes(e_post):
+    # A new episode's states cost an init per member: skip them in windows where no particle resets.
+    return jax.lax.cond(jnp.any(resets), lambda: jax.vmap(fresh_states, (None, 0, 0))(theta, e_post, init_keys),
+                        lambda: inner)
+
   def member(th, inner0, fresh, e_pre, e_post, sign, base, j_reset):
+    # θ±σε is formed once per window (twice with a reset inside it), never per step.
+    before, after = perturbed(th, e_pre, sign), perturbed(th, e_post, sign)
+
     def slot(state, j):
       state = tree_select(j == j_reset, fresh, state)
-      e = tree_select(j >= j_reset, e_post, e_pre) if es else None
-      return system.step(perturbed(th, e, sign), state, step_key(base, j))
+      return system.step(tree_select(j >= j_reset, after, before), state, step_key(base, j))
     return jax.lax.scan(slot, inner0, jnp.arange(k))
 
-  members = jax.vmap(member, (None, 0, 0, None, None, 0, None, None))
-  if es or not differentiate:
-    # New episodes' noise and states cost a draw and an init per particle: skip them in windows without a reset.
-    def with_resets():
-      e_post = constrain(cfg, sample(reset_keys, theta)) if es else None
-      return e_post, jax.vmap(fresh_states, (None, 0, 0))(theta, e_post, init_keys)
+  def member_whole_window(th, start, e, sign, base):
+    params = perturbed(th, e, sign)
+    return jax.lax.scan(lambda state, j: system.step(params, state, step_key(base, j)), start, jnp.arange(k))
 
-    def without_resets():
-      return jax.tree_util.tree_map(jnp.zeros_like, eps_pre), inner
-    eps_post, fresh = jax.lax.cond(jnp.any(resets), with_resets, without_resets)
+  members = jax.vmap(member, (None, 0, 0, None, None, 0, None, None))
+  grads = None
+  if (es or not differentiate) and horizon % k == 0:
+    # K divides T: particles sit at multiples of K, so every reset falls on a window's first slot. Each particle
+    # then needs one draw (its current or its new episode's) and each member one parameter set per window, and
+    # the scan body is the bare step.
+    eps_pre = eps_post = constrain(cfg, sample(jnp.where(resets[:, None], reset_keys, cur_keys), theta)) if es else None
+    start = tree_select(resets, new_episodes(eps_post), inner)
+    final, losses = jax.vmap(jax.vmap(member_whole_window, (None, 0, None, 0, None)), (None, 0, 0, None, 0))(
+        theta, start, eps_pre, signs, step_bases)
+  elif es or not differentiate:
+    eps_pre = constrain(cfg, sample(cur_keys, theta)) if es else None
+    eps_post = jax.lax.cond(jnp.any(resets), lambda: constrain(cfg, sample(reset_keys, theta)),
+                            lambda: jax.tree_util.tree_map(jnp.zeros_like, eps_pre)) if es else None
     final, losses = jax.vmap(members, (None, 0, 0, 0, 0, None, 0, 0))(
-        theta, inner, fresh, eps_pre, eps_post, signs, step_bases, reset_slot)
-    grads = None
+        theta, inner, new_episodes(eps_post), eps_pre, eps_post, signs, step_bases, reset_slot)
   else:
     # Autodiff differentiates through a new episode's init too, so the fresh states are built inside.
     def mean_loss(th, inner0, init_key, base, j_reset):
       final, losses = members(th, inner0, fresh_states(th, None, init_key), None, None, signs, base, j_reset)
       return jnp.mean(losses.astype(jnp.float32)), (final, losses)
-    eps_post = None
+    eps_pre = eps_post = None
     (_, (final, losses)), grads = jax.vmap(jax.value_and_grad(mean_loss, has_aux=True), (None, 0, 0, 0, 0))(
         theta, inner, init_keys, step_bases, reset_slot)
+  xi_pre = None
+  if cfg.accumulate:
+    xi_pre = tree_select(redraw, jax.tree_util.tree_map(jnp.add, p.xi, jax.vmap(cfg.noise.dense)(eps_pre)), p.xi)
 
   losses = losses.astype(jnp.float32)
   valid = jnp.all(jnp.isfinite(losses), axis=(1, 2))

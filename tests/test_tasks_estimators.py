@@ -1,0 +1,44 @@
+"""Every task runs one estimate of every estimator, and the gradient is finite with theta's structure."""
+import jax
+import numpy as np
+import pytest
+
+import tasks
+import unrolled_es as ue
+
+SMALL = {
+    "influence_balancing": dict(horizon=4),
+    "toy_regression": dict(horizon=4),
+    "lorenz": dict(horizon=4),
+    "lr_schedule": dict(horizon=4, hidden=(8,)),
+    "rnn_char": dict(horizon=4),
+    "rnn_copy": dict(horizon=6, copy_length=1, hidden=4),
+    "learned_optimizer": dict(horizon=4, hidden=(8,), lopt_hidden=(8,)),
+}
+ESTIMATORS = {
+    "full_es": lambda s: ue.full_es(s, num_particles=2, sigma=0.01),
+    "truncated_es": lambda s: ue.truncated_es(s, num_particles=2, sigma=0.01, truncation_length=2, stagger=False),
+    "pes": lambda s: ue.pes(s, num_particles=2, sigma=0.01, truncation_length=2),
+    "generalized_pes": lambda s: ue.generalized_pes(s, num_particles=2, sigma=0.01, truncation_length=2,
+                                                    resample_every=2, stagger=False),
+    "es_single": lambda s: ue.es_single(s, num_particles=2, sigma=0.01, truncation_length=2, stagger=False,
+                                        noise=ue.low_rank(1, factored=True)),
+    "truncated_bptt": lambda s: ue.truncated_bptt(s, num_particles=2, truncation_length=2, stagger=False),
+    "full_bptt": lambda s: ue.full_bptt(s),
+}
+
+
+def test_every_task_is_listed():
+  assert set(SMALL) == set(tasks.NAMES)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_one_estimate_of_every_estimator(name):
+  task = tasks.get(name, **SMALL[name])
+  key = jax.random.PRNGKey(0)
+  for est_name, make in ESTIMATORS.items():
+    est = make(task.system)
+    grad, _, info = jax.jit(lambda k, th: est.estimate(k, th, est.init(k, th)))(key, task.theta0)
+    assert jax.tree_util.tree_structure(grad) == jax.tree_util.tree_structure(task.theta0), est_name
+    assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grad)), est_name
+    assert int(info["num_nonfinite"]) == 0 and np.isfinite(info["loss"]), est_name

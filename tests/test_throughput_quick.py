@@ -1,0 +1,26 @@
+"""The throughput benchmark runs end to end at a tiny size and writes sane JSON and a PNG (never timed)."""
+import json
+
+import numpy as np
+
+from benchmarks import throughput
+
+
+def test_tiny_throughput_writes_sane_results(tmp_path):
+  throughput.main(["--preset", "tiny", "--out", str(tmp_path)])
+  result = json.loads((tmp_path / "throughput_tiny.json").read_text())
+  assert (tmp_path / "throughput_tiny.png").stat().st_size > 0
+  assert {"preset", "backend", "machine", "settings", "rows", "big"} <= set(result)
+  rows = {(r["estimator"], r["noise"]): r for r in result["rows"]}
+  assert set(rows) == {("bare", "none"), ("es_single", "low_rank1_factored")}
+  for r in rows.values():
+    assert "error" not in r, r
+    assert r["seconds"] > 0 and np.isfinite(r["particle_steps_per_s"]) and r["particle_steps_per_s"] > 0
+    assert np.isclose(r["member_steps_per_s"], 2 * r["particle_steps_per_s"])
+  es = rows[("es_single", "low_rank1_factored")]
+  assert es["ratio_to_bare"] > 0
+  # State per particle: inner state h (rows × width) and t for 2 members, t, noise key, counter: exact bytes.
+  width, n_rows = 8, 1
+  assert es["state_bytes_per_particle"] == 2 * (n_rows * width * 4 + 4) + 4 + 8 + 4
+  # Two rank-1 draws: factors of W (8+8) and U (4+8), and v (8); plus the factors per member.
+  assert es["noise_bytes_per_particle"] == 2 * 4 * (16 + 12 + 8) + 2 * 4 * (16 + 12 + 8)
