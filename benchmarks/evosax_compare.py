@@ -47,7 +47,7 @@ DEFAULT_SIGMA = {"rnn_char": 1e-3, "influence_balancing": 0.1}
 def build(name, system, particles, sigma, k):
   if name in ("persistent_es", "noise_reuse_es"):
     return evosax_estimator(name, system, num_particles=particles, sigma=sigma, truncation_length=k)
-  return getattr(ue, name)(system, num_particles=particles, sigma=sigma, truncation_length=k, stagger=False)
+  return ue.make(name, system, num_particles=particles, sigma=sigma, truncation_length=k, stagger=False)
 
 
 def window_estimates(est, theta, windows, repeats, seed):

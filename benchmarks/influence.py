@@ -62,11 +62,9 @@ def truncation(method, es_truncation):
 
 
 def make_estimator(method, system, particles, sigma, es_truncation):
-  k = truncation(method, es_truncation)
-  if method.startswith("tbptt_k"):
-    return ue.truncated_bptt(system, truncation_length=k, num_particles=particles)
-  ctor = {"truncated_es": ue.truncated_es, "pes": ue.pes, "es_single": ue.es_single}[method]
-  return ctor(system, num_particles=particles, sigma=sigma, truncation_length=k)
+  name = "truncated_bptt" if method.startswith("tbptt_k") else method
+  return ue.make(name, system, num_particles=particles, sigma=sigma,
+                 truncation_length=truncation(method, es_truncation))
 
 
 def expected_truncated_gradient(system, k):

@@ -50,10 +50,7 @@ QUICK = dict(seeds=1, num_evals=10, stagger=False, budget_scale=0.1)
 
 
 def make_estimator(name, system, particles, sigma, truncation, stagger=True):
-  if name == "full_es":
-    return ue.full_es(system, num_particles=particles, sigma=sigma)
-  ctor = {"pes": ue.pes, "es_single": ue.es_single, "truncated_es": ue.truncated_es}[name]
-  return ctor(system, num_particles=particles, sigma=sigma, truncation_length=truncation, stagger=stagger)
+  return ue.make(name, system, num_particles=particles, sigma=sigma, truncation_length=truncation, stagger=stagger)
 
 
 def make_evaluate(task, num_keys, seed=10_000):

@@ -77,12 +77,8 @@ PRESETS = {
 
 
 def make_estimator(name, system, sigma, particles, k, noise=None):
-  if name == "full_es":
-    return ue.full_es(system, num_particles=particles, sigma=sigma, noise=noise)
-  if name == "truncated_bptt":
-    return ue.truncated_bptt(system, num_particles=particles, truncation_length=k, stagger=False)
-  return getattr(ue, name)(system, num_particles=particles, sigma=sigma, truncation_length=k, stagger=False,
-                           noise=noise)
+  return ue.make(name, system, num_particles=particles, sigma=sigma, truncation_length=k, stagger=False,
+                 noise=noise)
 
 
 def episode_estimates(est, theta, num_windows, repeats, seed):

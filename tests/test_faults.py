@@ -131,3 +131,16 @@ def test_error_messages_give_the_allowed_range():
     ue.pes(SYSTEM, num_particles=2, sigma=0.1, truncation_length=11)
   with pytest.raises(ValueError, match=r"sigma must be a finite number > 0; got -1"):
     ue.pes(SYSTEM, num_particles=2, sigma=-1, truncation_length=1)
+
+
+def test_make_builds_any_estimator_by_name_from_one_set_of_settings():
+  settings = dict(num_particles=4, sigma=0.1, truncation_length=5, stagger=False, noise=ue.low_rank(1))
+  for name in ue.ESTIMATORS:
+    est = ue.make(name, SYSTEM, **settings)
+    grad, _, info = est.estimate(KEY, THETA, est.init(KEY, THETA))
+    expected = SYSTEM.horizon if name in ("full_es", "full_bptt") else 5
+    assert int(info["sequential_inner_steps"]) == expected, name
+  with pytest.raises(ValueError, match="unknown estimator 'pess'; choose one of: full_es"):
+    ue.make("pess", SYSTEM, **settings)
+  with pytest.raises(ValueError, match="no estimator takes sigmaa"):
+    ue.make("pes", SYSTEM, num_particles=4, sigmaa=0.1, truncation_length=5)

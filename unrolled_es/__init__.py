@@ -5,7 +5,7 @@
     grad, state, info = est.estimate(key, theta, state)   # grad feeds any optax optimizer
 """
 from unrolled_es.estimator import GradientEstimator, particle_mesh
-from unrolled_es.estimators import (es_single, full_bptt, full_es, generalized_pes, nres, pes, truncated_bptt,
+from unrolled_es.estimators import (es_single, full_bptt, full_es, generalized_pes, make, nres, pes, truncated_bptt,
                                     truncated_es)
 from unrolled_es.haiku_layers import haiku_apply
 from unrolled_es.layers import linear, materialize
@@ -16,4 +16,4 @@ ESTIMATORS = ("full_es", "truncated_es", "pes", "generalized_pes", "es_single", 
               "full_bptt")
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
-           "linear", "materialize", "haiku_apply", "particle_mesh", *ESTIMATORS, "ESTIMATORS"]
+           "linear", "materialize", "haiku_apply", "particle_mesh", "make", *ESTIMATORS, "ESTIMATORS"]
