@@ -70,7 +70,7 @@ PRESETS = {
               estimators=("pes", "es_single"), truth_keys=1024),
     ],
     "tiny": [
-        study("influence_balancing", (None,), sigma=0.1, particles=8, repeats=1024, ladder=(1, 10), horizon=100,
+        study("influence_balancing", (None,), sigma=0.1, particles=8, repeats=4096, ladder=(1, 10), horizon=100,
               estimators=("pes", "es_single")),
     ],
 }

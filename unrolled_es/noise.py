@@ -3,7 +3,7 @@
 An ES estimator never stores noise it can regenerate. A `Noise` is four pure functions over a
 representation `eps` of one unit-scale draw (ε = σ·eps):
 
-    sample(key, theta)          -> eps       one draw; every leaf gets its own key stream
+    sample(key, theta)          -> eps       one draw; every leaf gets its own block of the key's stream
     perturb(theta, eps, scale)  -> theta'    what `system.step` receives: θ + scale·eps
     combine(coeffs, eps_batch)  -> pytree     Σ_i coeffs[i]·eps_i over a leading particle axis, theta-shaped
     dense(eps)                  -> pytree     eps materialised in theta's shape (the PES accumulator)
@@ -11,6 +11,8 @@ representation `eps` of one unit-scale draw (ε = σ·eps):
 `gaussian()` is full-rank isotropic noise, Cov(eps) = I (Salimans et al. 2017).
 """
 from typing import Any, Callable, NamedTuple
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +25,20 @@ class Noise(NamedTuple):
   dense: Callable[[Any], Any]
 
 
-def leaf_keys(key, tree):
-  """One independent key per leaf, so that no two tensors share a noise stream."""
-  leaves, treedef = jax.tree_util.tree_flatten(tree)
-  return jax.tree_util.tree_unflatten(treedef, list(jax.random.split(key, len(leaves))))
+def draw_blocks(key, shapes_dtypes):
+  """Standard normals for several tensors from one key: one threefry stream, cut into disjoint blocks.
+
+  Threefry is counter-based, so blocks at different counters are independent: no two tensors share noise
+  (the mistake of reusing one seed per tensor), at the cost of a single draw rather than one per tensor,
+  which halves sampling time for pytrees of many small leaves.
+  """
+  sizes = [math.prod(shape) for shape, _ in shapes_dtypes]
+  flat = jax.random.normal(key, (sum(sizes),), jnp.float32)
+  out, start = [], 0
+  for (shape, dtype), size in zip(shapes_dtypes, sizes):
+    out.append(flat[start:start + size].reshape(shape).astype(dtype))
+    start += size
+  return out
 
 
 def _weighted_sum(coeffs, batch):
@@ -38,8 +50,9 @@ def gaussian() -> Noise:
   """Full-rank Gaussian noise, eps ~ N(0, I) in every leaf's shape and dtype."""
 
   def sample(key, theta):
-    return jax.tree_util.tree_map(
-        lambda k, x: jax.random.normal(k, jnp.shape(x), jnp.result_type(x)), leaf_keys(key, theta), theta)
+    leaves, treedef = jax.tree_util.tree_flatten(theta)
+    return jax.tree_util.tree_unflatten(
+        treedef, draw_blocks(key, [(jnp.shape(x), jnp.result_type(x)) for x in leaves]))
 
   def perturb(theta, eps, scale):
     return jax.tree_util.tree_map(lambda x, e: x + jnp.asarray(scale, e.dtype) * e, theta, eps)
@@ -90,16 +103,16 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
   if not isinstance(factored, bool):
     raise ValueError(f"factored must be True or False; got {factored!r}")
 
-  def sample_leaf(key, x):
-    dtype = jnp.result_type(x)
-    if not _is_matrix(x):
-      return jax.random.normal(key, jnp.shape(x), dtype)
-    ka, kb = jax.random.split(key)
-    m, n = jnp.shape(x)
-    return LowRank(jax.random.normal(ka, (m, rank), dtype), jax.random.normal(kb, (n, rank), dtype))
-
   def sample(key, theta):
-    return jax.tree_util.tree_map(sample_leaf, leaf_keys(key, theta), theta)
+    leaves, treedef = jax.tree_util.tree_flatten(theta)
+    wanted = []
+    for x in leaves:
+      dtype = jnp.result_type(x)
+      wanted += [((jnp.shape(x)[0], rank), dtype), ((jnp.shape(x)[1], rank), dtype)] if _is_matrix(x) else [
+          (jnp.shape(x), dtype)]
+    blocks = iter(draw_blocks(key, wanted))
+    return jax.tree_util.tree_unflatten(
+        treedef, [LowRank(next(blocks), next(blocks)) if _is_matrix(x) else next(blocks) for x in leaves])
 
   def dense_leaf(e):
     return e.a @ e.b.T / jnp.sqrt(jnp.asarray(rank, e.a.dtype)) if isinstance(e, LowRank) else e
