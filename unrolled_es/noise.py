@@ -41,7 +41,8 @@ def draw_blocks(key, shapes_dtypes):
   return out
 
 
-def _weighted_sum(coeffs, batch):
+def weighted_sum(coeffs, batch):
+  """Σ_i coeffs[i]·batch_i over the leading axis of every leaf (dense draws, or the PES sum ξ)."""
   return jax.tree_util.tree_map(
       lambda e: jnp.tensordot(coeffs.astype(e.dtype), e, axes=1), batch)
 
@@ -57,7 +58,7 @@ def gaussian() -> Noise:
   def perturb(theta, eps, scale):
     return jax.tree_util.tree_map(lambda x, e: x + jnp.asarray(scale, e.dtype) * e, theta, eps)
 
-  return Noise(sample=sample, perturb=perturb, combine=_weighted_sum, dense=lambda eps: eps)
+  return Noise(sample=sample, perturb=perturb, combine=weighted_sum, dense=lambda eps: eps)
 
 
 class LowRank(NamedTuple):

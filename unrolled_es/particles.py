@@ -28,11 +28,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from unrolled_es.noise import Noise
-from unrolled_es.system import UnrolledSystem, episode_keys, step_key
-
-NEVER = None
-
+from unrolled_es.noise import Noise, weighted_sum
+from unrolled_es.system import UnrolledSystem, step_key
 
 class Config(NamedTuple):
   num_particles: int
@@ -217,7 +214,7 @@ def gradient(cfg: Config, w: Window, theta):
     scale = 1.0 / (cfg.sigma * denom * cfg.truncation_length)
     c_pre = jnp.sum(jnp.where(w.after_reset, 0.0, diffs), axis=1) * scale
     c_post = jnp.sum(jnp.where(w.after_reset, diffs, 0.0), axis=1) * scale
-    combine_pre = _dense_combine if cfg.accumulate else cfg.noise.combine
+    combine_pre = weighted_sum if cfg.accumulate else cfg.noise.combine
     g = jax.tree_util.tree_map(jnp.add, combine_pre(c_pre, w.weight_pre), cfg.noise.combine(c_post, w.eps_post))
   return jax.tree_util.tree_map(lambda gi, x: gi.astype(jnp.result_type(x)), g, theta)
 
@@ -233,10 +230,6 @@ def _loss_differences(cfg: Config, w: Window):
     n_others = jnp.sum(w.valid) - w.valid.astype(jnp.int32)
     diffs = loss - others / jnp.maximum(n_others, 1)[:, None]
   return jnp.where(valid, diffs, 0.0)
-
-
-def _dense_combine(coeffs, batch):
-  return jax.tree_util.tree_map(lambda e: jnp.tensordot(coeffs.astype(e.dtype), e, axes=1), batch)
 
 
 def _bcast(valid, x):
