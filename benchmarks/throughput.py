@@ -10,8 +10,8 @@ For every width w and particle count N, interleaved repeats (one call of each co
 on the result; compiled beforehand, median reported) of:
   * bare:  a vmapped K-step scan of the same step over N·M members (M = 2 antithetic members) with the
            unperturbed θ shared: the ceiling, since hW is then one GEMM for all members;
-  * each estimator (es_single, pes, truncated_es) × noise (gaussian, low_rank(1) dense, low_rank(1)
-    factored, low_rank(4) factored): one `estimate` call (N·M·K member-steps, like bare);
+  * each estimator (es_single, pes, truncated_es) × noise (gaussian, gaussian factored, low_rank(1) dense,
+    low_rank(1) factored, low_rank(4) factored): one `estimate` call (N·M·K member-steps, like bare);
   * evosax's NoiseReuseES and PersistentES (benchmarks/evosax_peer.py) with the same N pairs, σ and K.
 Reported per configuration: seconds per estimate, particle-steps/s (N·K/t) and member-steps/s, the ratio to
 bare, and memory per particle: bytes of estimator state (every state leaf with a leading N axis, / N) and of
@@ -33,13 +33,14 @@ import numpy as np
 import unrolled_es as ue
 
 ESTIMATORS = ("es_single", "pes", "truncated_es")
-NOISES = {"gaussian": lambda: ue.gaussian(), "low_rank1_dense": lambda: ue.low_rank(1),
+NOISES = {"gaussian": lambda: ue.gaussian(), "gaussian_factored": lambda: ue.gaussian(factored=True),
+          "low_rank1_dense": lambda: ue.low_rank(1),
           "low_rank1_factored": lambda: ue.low_rank(1, factored=True),
           "low_rank4_factored": lambda: ue.low_rank(4, factored=True)}
 PEERS = {"noise_reuse_es": "es_single", "persistent_es": "pes"}
 PRESETS = {
     "quick": dict(widths=(64,), particles=(64, 1024), rows=4, inputs=16, k=10, reps=5, dtype="float32",
-                  peers=True, big=None, noises=("gaussian", "low_rank1_factored")),
+                  peers=True, big=None, noises=("gaussian", "gaussian_factored", "low_rank1_factored")),
     "default": dict(widths=(64, 256), particles=(64, 1024), rows=4, inputs=16, k=10, reps=7, dtype="float32",
                     peers=True, big=None),
     "gpu": dict(widths=(1024,), particles=(1024,), rows=16, inputs=64, k=10, reps=11, dtype="bfloat16",
@@ -99,12 +100,13 @@ def state_bytes_per_particle(state_shapes, n):
 
 
 def noise_bytes_per_particle(noise, theta, members):
-  """Transient noise per particle: two draws (before / after a reset) and, when `perturb` materialises
-  θ + σε, one perturbed copy per member (a PerturbedMatrix only adds its factors: W stays shared)."""
+  """Transient noise per particle: two draws (before / after a reset) and, for every leaf that `perturb`
+  materialises as θ + σε, one perturbed copy per member (a PerturbedMatrix adds nothing: it holds the shared W
+  and the draw itself)."""
   eps = jax.eval_shape(noise.sample, jax.random.PRNGKey(0), theta)
   perturbed = jax.eval_shape(lambda e: noise.perturb(theta, e, 0.1), eps)
-  private = jax.tree_util.tree_map(lambda p: (p.a, p.b) if isinstance(p, ue.PerturbedMatrix) else p, perturbed,
-                                   is_leaf=lambda p: isinstance(p, ue.PerturbedMatrix))
+  private = [p for p in jax.tree_util.tree_leaves(perturbed, is_leaf=lambda p: isinstance(p, ue.PerturbedMatrix))
+             if not isinstance(p, ue.PerturbedMatrix)]
   return 2 * nbytes(eps) + members * nbytes(private)
 
 
@@ -163,10 +165,10 @@ def measure_group(width, n, spec, log):
       t = float(np.median(times[(name, noise)]))
       row.update(seconds=t, ratio_to_bare=t / t_bare, particle_steps_per_s=n * k / t,
                  member_steps_per_s=2 * n * k / t)
-      if name in PEERS:
-        ours = (PEERS[name], "gaussian")
-        if ours in times:
-          row["ours_over_peer"] = float(np.median(times[ours])) / t
+      if name in PEERS:   # the same Gaussian noise: formed θ ± σε (any system), and applied in factors
+        for noise_name, field in (("gaussian", "ours_over_peer"), ("gaussian_factored", "factored_over_peer")):
+          if (PEERS[name], noise_name) in times:
+            row[field] = float(np.median(times[(PEERS[name], noise_name)])) / t
     out.append(row)
   return out
 
@@ -206,7 +208,7 @@ def machine():
 
 
 def table(rows):
-  head = ("| width | N | estimator | noise | ms / estimate | particle-steps/s | × bare | ours / evosax "
+  head = ("| width | N | estimator | noise | ms / estimate | particle-steps/s | × bare | ours / evosax (formed / factored) "
           "| state B/particle | noise B/particle |\n" + "|---" * 10 + "|")
   lines = [head]
   for r in rows:
@@ -214,7 +216,7 @@ def table(rows):
       lines.append(f"| {r['width']} | {r['particles']} | {r['estimator']} | {r['noise']} | error: "
                    f"{r['error'][:60]} | | | | | |")
       continue
-    peer = f"{r['ours_over_peer']:.2f}" if "ours_over_peer" in r else ""
+    peer = " / ".join(f"{r[f]:.2f}" for f in ("ours_over_peer", "factored_over_peer") if f in r)
     lines.append(f"| {r['width']} | {r['particles']} | {r['estimator']} | {r['noise']} | {r['seconds'] * 1e3:.2f} "
                  f"| {r['particle_steps_per_s']:.3g} | {r['ratio_to_bare']:.2f} | {peer} "
                  f"| {r.get('state_bytes_per_particle', 0):.0f} | {r.get('noise_bytes_per_particle', 0):.0f} |")

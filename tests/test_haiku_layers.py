@@ -1,5 +1,5 @@
-"""haiku_apply: hk.Linear / hk.nets.MLP / hk.LSTM apply factored low-rank perturbations exactly as the dense
-θ + σ·abᵀ/√r would, under vmap over particles, without forming a matrix per particle."""
+"""haiku_apply: hk.Linear / hk.nets.MLP / hk.LSTM apply factored perturbations (low rank, and dense Gaussian)
+exactly as the formed θ + σ·eps would, under vmap over particles, without forming a matrix per particle."""
 import functools
 
 import haiku as hk
@@ -11,6 +11,7 @@ import pytest
 import unrolled_es as ue
 
 N, SIGMA, RANK = 6, 0.3, 2
+NOISES = {"low_rank": lambda factored: ue.low_rank(RANK, factored=factored), "gaussian": ue.gaussian}
 
 
 def mlp():
@@ -28,10 +29,10 @@ def lstm_state(batch=()):
   return hk.LSTMState(hidden=jnp.full(batch + (6,), 0.1), cell=jnp.full(batch + (6,), -0.2))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def perturbed(params, factored):
-  """N particles' perturbed params: PerturbedMatrix leaves (factored) or dense θ + σ·abᵀ/√r."""
-  noise = ue.low_rank(RANK, factored=factored)
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def perturbed(params, factored, kind="low_rank"):
+  """N particles' perturbed params: PerturbedMatrix leaves (factored) or the formed θ + σ·eps."""
+  noise = NOISES[kind](factored)
   eps = jax.vmap(noise.sample, (0, None))(jax.random.split(jax.random.PRNGKey(1), N), params)
   return jax.vmap(lambda e: noise.perturb(params, e, SIGMA))(eps)
 
@@ -41,35 +42,39 @@ def close(a, b):
     np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("kind", NOISES)
 @pytest.mark.parametrize("shared_input", [True, False])
-def test_mlp_factored_equals_dense_under_vmap(shared_input):
+def test_mlp_factored_equals_dense_under_vmap(shared_input, kind):
   model, x = mlp(), jax.random.normal(jax.random.PRNGKey(2), (4, 5))
   params = jax.jit(model.init)(jax.random.PRNGKey(0), x)
   xs = x if shared_input else x + jnp.arange(N, dtype=x.dtype)[:, None, None]
   axes = None if shared_input else 0
-  factored = jax.jit(jax.vmap(ue.haiku_apply(model.apply), (0, axes)))(perturbed(params, True), xs)
-  dense = jax.jit(jax.vmap(model.apply, (0, axes)))(perturbed(params, False), xs)
+  factored = jax.jit(jax.vmap(ue.haiku_apply(model.apply), (0, axes)))(perturbed(params, True, kind), xs)
+  dense = jax.jit(jax.vmap(model.apply, (0, axes)))(perturbed(params, False, kind), xs)
   close(factored, dense)
   plain = model.apply(params, xs)
   assert np.abs(np.asarray(factored - plain)).min() > 1e-5   # the perturbation really was applied
 
 
-def test_lstm_factored_equals_dense_under_vmap():
+@pytest.mark.parametrize("kind", NOISES)
+def test_lstm_factored_equals_dense_under_vmap(kind):
   model, x = lstm(), jax.random.normal(jax.random.PRNGKey(3), (2, 4))
   params = jax.jit(model.init)(jax.random.PRNGKey(0), x, lstm_state((2,)))
-  assert isinstance(perturbed(params, True)["lstm/linear"]["w"], ue.PerturbedMatrix)
+  assert isinstance(perturbed(params, True, kind)["lstm/linear"]["w"], ue.PerturbedMatrix)
   run = lambda apply: jax.vmap(apply, (0, None, None))
-  factored = jax.jit(run(ue.haiku_apply(model.apply)))(perturbed(params, True), x, lstm_state((2,)))
-  dense = jax.jit(run(model.apply))(perturbed(params, False), x, lstm_state((2,)))
+  factored = jax.jit(run(ue.haiku_apply(model.apply)))(perturbed(params, True, kind), x, lstm_state((2,)))
+  dense = jax.jit(run(model.apply))(perturbed(params, False, kind), x, lstm_state((2,)))
   close(factored, dense)
 
 
-def test_no_per_particle_matrix_is_formed():
-  """With shared weights of width 32, the factored program holds nothing of shape [N, 32, 32]."""
+@pytest.mark.parametrize("kind", NOISES)
+def test_no_per_particle_matrix_is_formed(kind):
+  """With shared weights of width 32, the factored program computes nothing of shape [N, 32, 32] (a dense
+  Gaussian draw is such an input, but W + σ·eps is never formed from it)."""
   model = hk.without_apply_rng(hk.transform(lambda x: hk.Linear(32)(x)))
   x = jnp.ones((4, 32))
   params = model.init(jax.random.PRNGKey(0), x)
-  jaxpr = jax.make_jaxpr(jax.vmap(ue.haiku_apply(model.apply), (0, None)))(perturbed(params, True), x)
+  jaxpr = jax.make_jaxpr(jax.vmap(ue.haiku_apply(model.apply), (0, None)))(perturbed(params, True, kind), x)
   shapes = {tuple(v.aval.shape) for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars}
   assert (N, 32, 32) not in shapes and (N, 4, 32) in shapes
 

@@ -1,14 +1,15 @@
-"""Factored low-rank perturbations for haiku models: hk.Linear (and every module built on it, such as
-hk.nets.MLP and hk.LSTM) applies W + σ/√r·abᵀ as xW + σ/√r·(xa)bᵀ, without forming a matrix per particle.
+"""Factored perturbations for haiku models: hk.Linear (and every module built on it, such as hk.nets.MLP and
+hk.LSTM) applies W + σ·eps as xW + σ·(x eps), without forming a matrix per particle: eps = abᵀ/√r under
+`low_rank(r, factored=True)`, or a dense draw under `gaussian(factored=True)`.
 
     model = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP([64, 10])(x)))
     apply = unrolled_es.haiku_apply(model.apply)
-    def step(theta, state, key):           # theta: haiku params; under low_rank(r, factored=True) its
+    def step(theta, state, key):           # theta: haiku params; under factored noise its
       logits = apply(theta, state.x)       # Linear weights arrive as PerturbedMatrix leaves
       ...
 
-Under vmap over particles, xW is one GEMM shared by all particles and the correction two skinny batched
-ones (EGGROLL, Sarkar et al. 2025). The interception uses `hk.intercept_methods`, whose stack is global
+Under vmap over particles, xW is one GEMM shared by all particles and the low-rank correction two skinny
+batched ones (EGGROLL, Sarkar et al. 2025). The interception uses `hk.intercept_methods`, whose stack is global
 (thread-local), so it is entered around the apply call itself: models need no change when they are built,
 and the Python bookkeeping runs once per trace, costing nothing inside jit.
 """
@@ -39,12 +40,12 @@ def haiku_apply(apply_fn):
   """Wraps a haiku `apply(params, *args, **kw)` so that params may hold `PerturbedMatrix` Linear weights.
 
   The model runs on the plain W's, and each hk.Linear whose weight is a PerturbedMatrix gets
-  scale/√r·(x a) bᵀ added to its output (x its input; adding after the bias is exact since the
+  scale·(x eps) added to its output (x its input; adding after the bias is exact since the
   correction is linear in x). Plain params pass through unchanged, so one step function serves every noise.
 
   A PerturbedMatrix that no hk.Linear consumed (e.g. a convolution or a hand-written hk.get_parameter
   weight) raises ValueError at trace time rather than being silently dropped or densely formed; perturb
-  such models with `low_rank(r, factored=False)`, or call `unrolled_es.materialize` on params first.
+  such models with unfactored noise (`factored=False`), or call `unrolled_es.materialize` on params first.
   """
   import haiku as hk   # here, so that `import unrolled_es` does not pay for haiku's import
   if not callable(apply_fn):
@@ -64,17 +65,14 @@ def haiku_apply(apply_fn):
         return out
       used.add(name)
       pm, x = factors[name], jnp.asarray(f_args[0] if f_args else f_kwargs["inputs"])
-      precision = f_kwargs.get("precision")
-      xa = jnp.matmul(x, pm.a.astype(x.dtype), precision=precision)
-      correction = jnp.matmul(xa, pm.b.T.astype(x.dtype), precision=precision)
-      return out + (pm.scale / jnp.sqrt(pm.a.shape[-1])).astype(out.dtype) * correction.astype(out.dtype)
+      return out + pm.correction(x, f_kwargs.get("precision")).astype(out.dtype)
 
     with hk.intercept_methods(interceptor):
       result = apply_fn(plain, *args, **kwargs)
     unused = sorted(set(factors) - used)
     if unused:
       raise ValueError(f"haiku_apply: factored perturbations of {', '.join(m + '/w' for m in unused)} were not "
-                       f"consumed by an hk.Linear; use low_rank(r, factored=False) or unrolled_es.materialize")
+                       f"consumed by an hk.Linear; use noise with factored=False or unrolled_es.materialize")
     return result
 
   return apply

@@ -1,8 +1,9 @@
-"""Perturbation-aware layers: apply θ + σε from factored low-rank noise without forming a matrix per particle.
+"""Perturbation-aware layers: apply θ + σε from factored noise without forming a matrix per particle.
 
-With `low_rank(r, factored=True)`, `system.step` receives matrix leaves as `PerturbedMatrix`. Under vmap over
-particles, x(W + σ/√r·abᵀ) = xW + σ/√r·(xa)bᵀ costs one GEMM shared by all particles plus two skinny batched
-ones (EGGROLL, Sarkar et al. 2025), instead of a dense matrix per particle.
+With `low_rank(r, factored=True)` or `gaussian(factored=True)`, `system.step` receives matrix leaves as
+`PerturbedMatrix`. Under vmap over particles, x(W + σε) = xW + σ(xε) costs one GEMM shared by all particles plus,
+for ε = abᵀ/√r, two skinny batched ones (EGGROLL, Sarkar et al. 2025) instead of a dense matrix per particle; for
+dense ε, one batched matmul per particle that both antithetic members share.
 """
 import jax
 import jax.numpy as jnp
