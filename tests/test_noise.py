@@ -67,8 +67,8 @@ def test_typed_and_raw_keys_give_the_same_draw():
   np.testing.assert_array_equal(a["W"], b["W"])
 
 
-@pytest.mark.parametrize("horizon", [6, 7])   # K = 3 divides 6 (whole-window path); 7: mid-window resets
-@pytest.mark.parametrize("name", ["es_single", "pes", "truncated_es"])
+# K = 3 divides T = 6 (the whole-window path); T = 7 puts resets inside windows (the per-slot path).
+@pytest.mark.parametrize("name,horizon", [("es_single", 6), ("es_single", 7), ("pes", 7), ("truncated_es", 6)])
 def test_factored_gaussian_gives_the_dense_gaussian_estimate(name, horizon):
   system, key = matrix_system(horizon), jax.random.PRNGKey(3)
   out = {}
