@@ -16,7 +16,8 @@ on the result; compiled beforehand, median reported) of:
 Reported per configuration: seconds per estimate, particle-steps/s (N·K/t) and member-steps/s, the ratio to
 bare, and memory per particle: bytes of estimator state (every state leaf with a leading N axis, / N) and of
 transient noise (the pre- and post-reset draws, plus the per-member perturbed θ where it is materialised).
-The --gpu preset adds one 100,000-particle run of ES-Single with factored rank-1 noise. Writes
+The --gpu preset adds two 100,000-particle runs of ES-Single with factored rank-1 noise, on this model and on
+the LSTM task `tasks.rnn_char` (`--preset big` runs only those, in float32, with their peak memory). Writes
 benchmarks/results/throughput_<preset>.json and .png and prints a markdown table.
 """
 import argparse
@@ -44,12 +45,19 @@ PRESETS = {
     "default": dict(widths=(64, 256), particles=(64, 1024), rows=4, inputs=16, k=10, reps=7, dtype="float32",
                     peers=True, big=None),
     "gpu": dict(widths=(1024,), particles=(1024,), rows=16, inputs=64, k=10, reps=11, dtype="bfloat16",
-                peers=True, big=dict(width=256, particles=100_000, rows=4)),
-    # The --gpu code path (bf16, the big run) at sizes a CPU finishes in seconds; and a tiny run for tests.
+                peers=True, big=(dict(model="rnn", width=256, particles=100_000, rows=4),
+                                 dict(model="rnn_char", hidden=5, particles=100_000))),
+    # Only the two 100,000-particle runs, in float32, on whatever device there is (a CPU takes minutes).
+    "big": dict(widths=(), particles=(), rows=4, inputs=16, k=10, reps=3, dtype="float32", peers=False,
+                big=(dict(model="rnn", width=256, particles=100_000, rows=4),
+                     dict(model="rnn_char", hidden=5, particles=100_000))),
+    # The --gpu code path (bf16, the big runs) at sizes a CPU finishes in seconds; and a tiny run for tests.
     "gpu_smoke": dict(widths=(32,), particles=(16,), rows=2, inputs=8, k=10, reps=2, dtype="bfloat16",
-                      peers=True, big=dict(width=16, particles=2000, rows=1)),
+                      peers=True, big=(dict(model="rnn", width=16, particles=2000, rows=1),
+                                       dict(model="rnn_char", hidden=5, particles=2000))),
     "tiny": dict(widths=(8,), particles=(4,), rows=1, inputs=4, k=2, reps=1, dtype="float32", peers=False,
-                 big=None, estimators=("es_single",), noises=("low_rank1_factored",)),
+                 big=(dict(model="rnn", width=8, particles=16, rows=1), dict(model="rnn_char", hidden=2, particles=8)),
+                 estimators=("es_single",), noises=("low_rank1_factored",)),
 }
 SIGMA = 0.01
 
@@ -173,11 +181,28 @@ def measure_group(width, n, spec, log):
   return out
 
 
-def big_run(spec, log):
+def big_model(b, spec):
+  """(system, θ) of a big run: the benchmark's recurrent layer, or the LSTM task `tasks.rnn_char`."""
+  if b["model"] == "rnn":
+    return rnn_system(b["width"], b["rows"], spec["inputs"], spec["k"], spec["dtype"])
+  import tasks
+  task = tasks.get("rnn_char", horizon=10 * spec["k"], hidden=b["hidden"])
+  return task.system, jax.tree_util.tree_map(lambda x: x.astype(spec["dtype"]), task.theta0)
+
+
+def peak_memory():
+  """Peak bytes of the default device when it reports them (GPU), else the process's peak resident set."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return {"device_peak_bytes": int(stats["peak_bytes_in_use"])}
+  import resource
+  return {"host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def big_run(spec, b, log):
   """One large ES-Single estimate with factored rank-1 noise beside its bare unroll."""
-  b, k = spec["big"], spec["k"]
-  system, theta = rnn_system(b["width"], b["rows"], spec["inputs"], k, spec["dtype"])
-  n, key = b["particles"], jax.random.PRNGKey(2)
+  k, n, key = spec["k"], b["particles"], jax.random.PRNGKey(2)
+  system, theta = big_model(b, spec)
   est = ue.es_single(system, num_particles=n, sigma=SIGMA, truncation_length=k,
                      noise=ue.low_rank(1, factored=True), stagger=False)
   init, estimate = jax.jit(est.init), jax.jit(est.estimate)
@@ -194,10 +219,11 @@ def big_run(spec, log):
     t_bare.append(time.perf_counter() - t0)
   t, tb = float(np.median(t_est)), float(np.median(t_bare))
   finite = bool(all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree_util.tree_leaves(g)))
-  log(f"  big run: N={n} width={b['width']}: {t * 1e3:.2f} ms per estimate, {t / tb:.2f}x bare")
+  log(f"  big run: {b}: {t * 1e3:.2f} ms per estimate, {t / tb:.2f}x bare, {int(info['num_valid'])} valid")
   return dict(b, estimator="es_single", noise="low_rank1_factored", seconds=t, bare_seconds=tb,
               ratio_to_bare=t / tb, particle_steps_per_s=n * k / t, member_steps_per_s=2 * n * k / t,
-              gradient_finite=finite, state_bytes_per_particle=state_bytes_per_particle(state, n))
+              gradient_finite=finite, num_valid=int(info["num_valid"]),
+              state_bytes_per_particle=state_bytes_per_particle(state, n), **peak_memory())
 
 
 def machine():
@@ -265,14 +291,15 @@ def main(argv=None):
   result = {"preset": preset, "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "machine": machine(),
             "settings": {k: v for k, v in spec.items() if k != "big"} | {"sigma": SIGMA, "horizon": 10 * spec["k"]},
-            "rows": rows, "big": big_run(spec, log) if spec.get("big") else None}
+            "rows": rows, "big": [big_run(spec, b, log) for b in spec["big"]] if spec.get("big") else None}
   result["seconds"] = round(time.perf_counter() - start, 1)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, f"throughput_{preset}.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
-  plot(result, path[:-5] + ".png")
-  print(table(rows))
+  if rows:
+    plot(result, path[:-5] + ".png")
+    print(table(rows))
   print(f"wrote {path} in {result['seconds']} s")
   return result
 

@@ -24,3 +24,8 @@ def test_tiny_throughput_writes_sane_results(tmp_path):
   assert es["state_bytes_per_particle"] == 2 * (n_rows * width * 4 + 4) + 4 + 8 + 4
   # Two rank-1 draws: factors of W (8+8) and U (4+8), and v (8); plus each member's formed v + σε (8).
   assert es["noise_bytes_per_particle"] == 2 * 4 * (16 + 12 + 8) + 2 * 4 * 8
+  # The big runs' code path (100,000 particles in the gpu and big presets) at toy sizes: every particle valid.
+  assert [b["model"] for b in result["big"]] == ["rnn", "rnn_char"]
+  for b in result["big"]:
+    assert b["gradient_finite"] and b["num_valid"] == b["particles"] and b["seconds"] > 0
+    assert b["state_bytes_per_particle"] > 0 and b.get("host_peak_rss_bytes", b.get("device_peak_bytes", 0)) > 0

@@ -74,14 +74,17 @@ def standard_normal(key, size: int, offset: int = 0):
 
 
 def draw_blocks(key, shapes_dtypes):
-  """Standard normals for several tensors from one key: each tensor hashes its own block of the key's
-  counters, so no two tensors share noise (the mistake of reusing one seed per tensor), and each block is
-  generated in its tensor's shape rather than cut out of one long draw.
+  """Standard normals for several tensors from one key: one Threefry stream, cut into disjoint blocks.
+
+  Threefry is counter-based, so blocks at different counters are independent: no two tensors share noise
+  (the mistake of reusing one seed per tensor). One draw per particle rather than one per tensor keeps the
+  compiled program small: the hash is emitted once, not once per leaf.
   """
+  sizes = [math.prod(shape) for shape, _ in shapes_dtypes]
+  flat = standard_normal(key, sum(sizes))
   out, start = [], 0
-  for shape, dtype in shapes_dtypes:
-    size = math.prod(shape)
-    out.append(standard_normal(key, size, start).reshape(shape).astype(dtype))
+  for (shape, dtype), size in zip(shapes_dtypes, sizes):
+    out.append(flat[start:start + size].reshape(shape).astype(dtype))
     start += size
   return out
 
