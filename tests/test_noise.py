@@ -9,7 +9,7 @@ from scipy import stats
 import unrolled_es as ue
 from jax.extend.random import threefry_2x32
 
-from unrolled_es.prng import random_bits, standard_normal
+from unrolled_es.prng import fold_in, random_bits, split, standard_normal
 from systems import MATRIX_THETA, matrix_system
 
 N = 1 << 20
@@ -25,6 +25,17 @@ def test_our_unrolled_threefry_is_jax_threefry_bit_for_bit(size, offset):
   key = jax.random.PRNGKey(11)
   want = threefry_2x32((key[0], key[1]), jnp.arange(offset, offset + size, dtype=jnp.uint32))
   np.testing.assert_array_equal(jax.jit(random_bits, static_argnums=(1, 2))(key, size, offset), want)
+
+
+def test_key_derivation_is_jax_threefry_bit_for_bit():
+  key = jax.random.PRNGKey(13)
+  data = jnp.array([0, 1, 7, 2 ** 31 + 5], jnp.uint32)
+  np.testing.assert_array_equal(jax.jit(jax.vmap(fold_in, (None, 0)))(key, data),
+                                jax.vmap(jax.random.fold_in, (None, 0))(key, data))
+  typed = jax.random.key(13)
+  assert jax.random.key_data(fold_in(typed, 7)).tolist() == jax.random.fold_in(key, 7).tolist()
+  # jax's original (non-partitionable) split: the hash of the counters 0 … 2·num−1, two words per key.
+  np.testing.assert_array_equal(split(key, 5), threefry_2x32((key[0], key[1]), jnp.arange(10, dtype=jnp.uint32)).reshape(5, 2))
 
 
 def test_draws_have_standard_normal_moments_and_tails(draw):

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from unrolled_es import prng
 from unrolled_es.noise import Noise, PerturbedMatrix, weighted_sum
 from unrolled_es.system import UnrolledSystem, step_key
 
@@ -121,7 +122,7 @@ def advance(system: UnrolledSystem, cfg: Config, theta, p: Particles, key, activ
   n, k, horizon, es = cfg.num_particles, cfg.truncation_length, system.horizon, cfg.sigma is not None
   signs = jnp.array([1.0, -1.0][:cfg.members]) if es else jnp.zeros((1,))
   draw_keys, reset_keys, init_keys, step_bases = jnp.moveaxis(constrain(
-      cfg, jax.vmap(lambda kk: jax.random.split(kk, 4))(jax.random.split(raw_key(key), n))), 1, 0)
+      cfg, prng.split(raw_key(key), 4 * n).reshape(n, 4, 2)), 1, 0)
 
   reset_slot = horizon - p.t                           # the slot at which the particle starts a new episode
   resets = reset_slot < k

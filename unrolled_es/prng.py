@@ -74,3 +74,18 @@ def draw_blocks(key, shapes_dtypes):
     out.append(flat[start:start + size].reshape(shape).astype(dtype))
     start += size
   return out
+
+
+def split(key, num: int):
+  """`num` child keys [num, 2] of a raw uint32 key: jax's original (non-partitionable) Threefry split, bit for bit,
+  at the cost of one fused hash instead of jax's looped one."""
+  return random_bits(key, 2 * num).reshape(num, 2)
+
+
+def fold_in(key, data):
+  """jax.random.fold_in(key, data), bit for bit, for a raw uint32 key (typed keys go to jax itself): the hash of
+  the counter pair (0, data). Step keys are folded in at every inner step, so the fused hash matters there."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.fold_in(key, data)
+  a, b = threefry2x32(key, jnp.uint32(0), jnp.asarray(data).astype(jnp.uint32))
+  return jnp.stack([a, b])

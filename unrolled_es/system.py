@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unrolled_es import prng
+
 
 class UnrolledSystem(NamedTuple):
   """An inner problem: `init(key, theta) -> state`, `step(theta, state, key) -> (state, loss)`, `horizon`."""
@@ -26,7 +28,7 @@ def episode_keys(key):
 
 
 def step_key(base, t):
-  return jax.random.fold_in(base, t)
+  return prng.fold_in(base, t)
 
 
 def run_episode(system: UnrolledSystem, theta, key, num_steps: int | None = None):
