@@ -82,6 +82,9 @@ def test_typed_keys_work_like_raw_keys():
   raw = est.estimate(jax.random.PRNGKey(1), THETA, est.init(jax.random.PRNGKey(0), THETA))
   typed = est.estimate(jax.random.key(1), THETA, est.init(jax.random.key(0), THETA))
   np.testing.assert_array_equal(raw[0]["w"], typed[0]["w"])
+  for bad in (jax.random.key(1, impl="rbg"), jax.random.split(jax.random.PRNGKey(1), 3), jnp.zeros(2, jnp.int32)):
+    with pytest.raises(ValueError, match="key must be one Threefry key"):
+      est.estimate(bad, THETA, est.init(jax.random.PRNGKey(0), THETA))
 
 
 def test_stagger_spreads_particles_over_the_horizon_and_counts_its_steps():

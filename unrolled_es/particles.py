@@ -87,8 +87,12 @@ def constrain(cfg: Config, tree):
 
 
 def raw_key(key):
+  """The uint32[2] data of a Threefry key, typed (jax.random.key) or raw (jax.random.PRNGKey)."""
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return jax.random.key_data(key)
+    key = jax.random.key_data(key)
+  if key.shape != (2,) or key.dtype != jnp.uint32:
+    raise ValueError(f"key must be one Threefry key, jax.random.key(seed) or jax.random.PRNGKey(seed) (uint32[2] "
+                     f"data); got data of shape {key.shape} and dtype {key.dtype}")
   return key
 
 
