@@ -12,7 +12,8 @@ import jax
 
 from unrolled_es import particles
 from unrolled_es.noise import Noise, gaussian
-from unrolled_es.system import (UnrolledSystem, check_int, check_positive_float, check_step_contract,
+from unrolled_es.prng import raw_key
+from unrolled_es.system import (UnrolledSystem, check_bool, check_int, check_positive_float, check_step_contract,
                                 check_system, check_theta)
 
 
@@ -33,9 +34,8 @@ def make_config(system: UnrolledSystem, *, num_particles, truncation_length, sig
     noise = gaussian() if noise is None else noise
     if not isinstance(noise, Noise):
       raise ValueError(f"noise must be an unrolled_es noise (gaussian() or low_rank(rank)); got {noise!r}")
-  for name, flag in (("antithetic", antithetic), ("stagger", stagger)):
-    if not isinstance(flag, bool):
-      raise ValueError(f"{name} must be True or False; got {flag!r}")
+  check_bool("antithetic", antithetic)
+  check_bool("stagger", stagger)
   if mesh is not None:
     if not (isinstance(mesh, jax.sharding.Mesh) and "particles" in mesh.axis_names):
       raise ValueError(f"mesh must be a jax.sharding.Mesh with a 'particles' axis (see unrolled_es.particle_mesh); "
@@ -60,8 +60,8 @@ def build(system: UnrolledSystem, cfg: particles.Config) -> GradientEstimator:
 
   def init(key, theta):
     check_theta(theta)
-    check_step_contract(system, theta, particles.raw_key(key))
-    init_key, burn_key = jax.random.split(particles.raw_key(key))
+    check_step_contract(system, theta, raw_key(key))
+    init_key, burn_key = jax.random.split(raw_key(key))
     state = particles.init_particles(system, cfg, theta, init_key)
     if cfg.stagger:
       state = particles.burn_in(system, cfg, theta, state, burn_key)
@@ -69,7 +69,7 @@ def build(system: UnrolledSystem, cfg: particles.Config) -> GradientEstimator:
 
   def estimate(key, theta, state):
     check_theta(theta)
-    check_step_contract(system, theta, particles.raw_key(key))
+    check_step_contract(system, theta, raw_key(key))
     if cfg.fresh_episodes:
       state = state._replace(t=jax.numpy.full_like(state.t, system.horizon))
     state, window = particles.advance(system, cfg, theta, state, key)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from unrolled_es.prng import draw_blocks
+from unrolled_es.system import check_bool, check_int
 
 
 class Noise(NamedTuple):
@@ -29,10 +30,13 @@ class Noise(NamedTuple):
   dense: Callable[[Any], Any]
 
 
+def _weighted_leaf(coeffs, e):
+  return jnp.tensordot(coeffs.astype(e.dtype), e, axes=1)
+
+
 def weighted_sum(coeffs, batch):
   """Σ_i coeffs[i]·batch_i over the leading axis of every leaf (dense draws, or the PES sum ξ)."""
-  return jax.tree_util.tree_map(
-      lambda e: jnp.tensordot(coeffs.astype(e.dtype), e, axes=1), batch)
+  return jax.tree_util.tree_map(lambda e: _weighted_leaf(coeffs, e), batch)
 
 
 def gaussian(factored: bool = False) -> Noise:
@@ -44,7 +48,7 @@ def gaussian(factored: bool = False) -> Noise:
   by every member and each particle's eps is read once for both antithetic members, instead of forming and
   reading W ± σ·eps per member; and in low precision σ·(x eps) is not rounded away against W.
   """
-  _check_flag("factored", factored)
+  check_bool("factored", factored)
 
   def sample(key, theta):
     leaves, treedef = jax.tree_util.tree_flatten(theta)
@@ -67,6 +71,9 @@ class LowRank(NamedTuple):
   a: jax.Array
   b: jax.Array
 
+  def dense(self):
+    return self.a @ self.b.T / jnp.sqrt(jnp.asarray(self.a.shape[-1], self.a.dtype))
+
 
 class PerturbedMatrix(NamedTuple):
   """A matrix W + scale·eps kept in parts, for layers that apply it as xW + scale·(x eps).
@@ -79,7 +86,7 @@ class PerturbedMatrix(NamedTuple):
   scale: jax.Array
 
   def eps(self):
-    return self.a if self.b is None else self.a @ self.b.T / jnp.sqrt(jnp.asarray(self.a.shape[-1], self.a.dtype))
+    return self.a if self.b is None else LowRank(self.a, self.b).dense()
 
   def dense(self):
     return self.w + self.scale * self.eps()
@@ -98,11 +105,6 @@ class PerturbedMatrix(NamedTuple):
     return jnp.matmul(x, self.w) + self.correction(x)
 
 
-def _check_flag(name, value):
-  if not isinstance(value, bool):
-    raise ValueError(f"{name} must be True or False; got {value!r}")
-
-
 def _is_matrix(x):
   return jnp.ndim(x) == 2
 
@@ -119,9 +121,8 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
   factored=True: `perturb` returns matrix leaves as `PerturbedMatrix`, which perturbation-aware layers
   (`unrolled_es.linear`, `unrolled_es.haiku_apply`) apply as xW + σ/√r·(xa)bᵀ without forming a matrix.
   """
-  if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
-    raise ValueError(f"rank must be an integer >= 1; got {rank!r}")
-  _check_flag("factored", factored)
+  rank = check_int("rank", rank, 1)
+  check_bool("factored", factored)
 
   def sample(key, theta):
     leaves, treedef = jax.tree_util.tree_flatten(theta)
@@ -135,7 +136,7 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
         treedef, [LowRank(next(blocks), next(blocks)) if _is_matrix(x) else next(blocks) for x in leaves])
 
   def dense_leaf(e):
-    return e.a @ e.b.T / jnp.sqrt(jnp.asarray(rank, e.a.dtype)) if isinstance(e, LowRank) else e
+    return e.dense() if isinstance(e, LowRank) else e
 
   def dense(eps):
     return jax.tree_util.tree_map(dense_leaf, eps, is_leaf=lambda e: isinstance(e, LowRank))
@@ -153,7 +154,7 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
 
   def combine_leaf(coeffs, e):
     if not isinstance(e, LowRank):
-      return jnp.tensordot(coeffs.astype(e.dtype), e, axes=1)
+      return _weighted_leaf(coeffs, e)
     n, m, r = e.a.shape
     left = (e.a * coeffs.astype(e.a.dtype)[:, None, None]).transpose(1, 0, 2).reshape(m, n * r)
     right = e.b.transpose(1, 0, 2).reshape(e.b.shape[1], n * r)

@@ -86,16 +86,6 @@ def constrain(cfg: Config, tree):
   return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
-def raw_key(key):
-  """The uint32[2] data of a Threefry key, typed (jax.random.key) or raw (jax.random.PRNGKey)."""
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.key_data(key)
-  if key.shape != (2,) or key.dtype != jnp.uint32:
-    raise ValueError(f"key must be one Threefry key, jax.random.key(seed) or jax.random.PRNGKey(seed) (uint32[2] "
-                     f"data); got data of shape {key.shape} and dtype {key.dtype}")
-  return key
-
-
 def shares_weights(noise: Noise, theta) -> bool:
   """Whether `noise.perturb` keeps some matrix shared across particles (factored noise: PerturbedMatrix)."""
   eps = jax.eval_shape(noise.sample, jnp.zeros((2,), jnp.uint32), theta)
@@ -126,7 +116,7 @@ def advance(system: UnrolledSystem, cfg: Config, theta, p: Particles, key, activ
   n, k, horizon, es = cfg.num_particles, cfg.truncation_length, system.horizon, cfg.sigma is not None
   signs = jnp.array([1.0, -1.0][:cfg.members]) if es else jnp.zeros((1,))
   draw_keys, reset_keys, init_keys, step_bases = jnp.moveaxis(constrain(
-      cfg, prng.split(raw_key(key), 4 * n).reshape(n, 4, 2)), 1, 0)
+      cfg, prng.split(prng.raw_key(key), 4 * n).reshape(n, 4, 2)), 1, 0)
 
   reset_slot = horizon - p.t                           # the slot at which the particle starts a new episode
   resets = reset_slot < k

@@ -30,12 +30,22 @@ def threefry2x32(key, x0, x1):
   return x0, x1
 
 
+def raw_key(key):
+  """The uint32[2] data of a Threefry key, typed (jax.random.key) or raw (jax.random.PRNGKey)."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  if key.shape != (2,) or key.dtype != jnp.uint32:
+    raise ValueError(f"key must be one Threefry key, jax.random.key(seed) or jax.random.PRNGKey(seed) (uint32[2] "
+                     f"data); got data of shape {key.shape} and dtype {key.dtype}")
+  return key
+
+
 def random_bits(key, size: int, offset: int = 0):
   """uint32[size] = jax.extend.random.threefry_2x32(key, offset + arange(size)): counters are hashed in pairs
   (i, i + ⌈size/2⌉), so every hash yields two output words."""
   if offset + size > 2 ** 32:
     raise ValueError(f"a draw covers at most 2**32 numbers per particle (32-bit counters); got {offset + size}")
-  key = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  key = raw_key(key)
   half = (size + 1) // 2
   first = jax.lax.iota(jnp.uint32, half) + jnp.uint32(offset)
   second = first + jnp.uint32(half)
@@ -45,15 +55,15 @@ def random_bits(key, size: int, offset: int = 0):
   return jnp.concatenate([a, b])[:size]
 
 
-def standard_normal(key, size: int, offset: int = 0):
-  """`size` float32 standard normals from one key: Threefry-2x32 over the counters offset … offset+size−1,
+def standard_normal(key, size: int):
+  """`size` float32 standard normals from one key: Threefry-2x32 over the counters 0 … size−1,
   both output words of every hash used, then the inverse-CDF transform √2·erf⁻¹(u).
 
   jax.random.normal (partitionable Threefry, jax's default) hashes one counter pair per output word and keeps
   32 of its 64 bits; hashing the counters pairwise keeps both, so a draw costs half the hashes, which dominate
   ES's noise cost on CPU. Same generator, same key discipline.
   """
-  bits = random_bits(key, size, offset)
+  bits = random_bits(key, size)
   # The top 23 bits as the mantissa of a float in [1, 2), mapped onto (−1, 1): erf⁻¹ stays finite.
   unit = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
   u = jnp.maximum(jnp.nextafter(jnp.float32(-1.0), jnp.float32(0.0)), 2.0 * unit - 1.0)

@@ -66,6 +66,12 @@ def check_int(name: str, value, low: int, high: int | None = None):
   raise ValueError(f"{name} must be {allowed}; got {value!r}")
 
 
+def check_bool(name: str, value):
+  if not isinstance(value, bool):
+    raise ValueError(f"{name} must be True or False; got {value!r}")
+  return value
+
+
 def check_positive_float(name: str, value):
   try:
     x = float(value)
