@@ -9,6 +9,7 @@ from unrolled_es.estimators import (es_single, full_bptt, full_es, generalized_p
                                     truncated_es)
 from unrolled_es.haiku_layers import haiku_apply
 from unrolled_es.layers import linear, materialize
+from unrolled_es.multi_task import multi_task
 from unrolled_es.noise import Noise, PerturbedMatrix, gaussian, low_rank
 from unrolled_es.system import UnrolledSystem, evaluate
 
@@ -16,4 +17,4 @@ ESTIMATORS = ("full_es", "truncated_es", "pes", "generalized_pes", "es_single", 
               "full_bptt")
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
-           "linear", "materialize", "haiku_apply", "particle_mesh", "make", *ESTIMATORS, "ESTIMATORS"]
+           "linear", "materialize", "haiku_apply", "particle_mesh", "make", "multi_task", *ESTIMATORS, "ESTIMATORS"]
