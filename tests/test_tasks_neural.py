@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import tasks
-from tasks import learned_optimizer as lo
 from tasks import rnn, text
 from unrolled_es.system import check_step_contract, episode_losses
 
@@ -14,7 +13,7 @@ KEY = jax.random.PRNGKey(0)
 
 @pytest.fixture(scope="module")
 def lopt_task():
-  return tasks.get("learned_optimizer", horizon=50, hidden=(16,))
+  return tasks.get("learned_optimizer", horizon=50, hidden=(16,), datasets="digits", vary=False)
 
 
 def _tokens(system, theta, key, n):
@@ -37,9 +36,10 @@ def test_contract_and_settings(name, kw):
   assert task.settings["optimizer"] in ("sgd", "adam")
 
 
-def test_lopt_has_nres_size():
+def test_lopt_has_about_nres_size():
+  """18 features -> 32 -> 32 -> 2: 1730 parameters (NRES's learned optimizer has 1762)."""
   theta0 = tasks.get("learned_optimizer", horizon=5).theta0
-  assert sum(x.size for x in jax.tree_util.tree_leaves(theta0)) == 1762
+  assert sum(x.size for x in jax.tree_util.tree_leaves(theta0)) == 1730
 
 
 @pytest.mark.parametrize("name,vocab", [("rnn_char", text.VOCAB_SIZE), ("rnn_copy", 10)])
@@ -90,8 +90,12 @@ def test_bad_arguments():
     tasks.get("learned_optimizer", activation="swish")
   with pytest.raises(ValueError, match="hidden"):
     tasks.get("learned_optimizer", hidden=(32, 0))
-  with pytest.raises(ValueError, match="optimizer"):
-    lo.train_inner(lo.make_config(), None, KEY, optimizer="sgd")
+  with pytest.raises(ValueError, match="meta_loss"):
+    tasks.get("learned_optimizer", meta_loss="test")
+  with pytest.raises(ValueError, match="datasets"):
+    tasks.get("learned_optimizer", datasets=("digits", "mnist"))
+  with pytest.raises(ValueError, match="time_features"):
+    tasks.get("learned_optimizer", time_features="epochs")
 
 
 def test_untrained_lopt_makes_progress(lopt_task):
@@ -101,20 +105,6 @@ def test_untrained_lopt_makes_progress(lopt_task):
   out = jax.jit(lopt_task.evaluate)(lopt_task.theta0, KEY)  # same key schedule as the system
   np.testing.assert_allclose(out["meta_loss"], losses.mean(), rtol=1e-5)
   assert float(out["test_accuracy"]) > 0.3
-
-
-def test_adam_tuning_and_heldout_comparison(lopt_task):
-  config = lo.make_config(horizon=50, hidden=(16,))
-  best, score = lo.tune_adam_lr(config, jax.random.split(KEY, 2), lrs=(1e-5, 1e-2), steps=30)
-  assert best == 1e-2 and score[1] < 0.8 * score[0]
-  # held out: other seeds, another width
-  out = lo.compare_with_adam(config, lopt_task.theta0, jax.random.split(jax.random.PRNGKey(7), 2), best,
-                             hidden=(8,), steps=30)
-  for name in ("learned", "adam"):
-    curve = np.asarray(out[name]["train_loss"])
-    assert curve.shape == (30,) and np.all(np.isfinite(curve))
-    assert curve[-5:].mean() < (0.8 if name == "adam" else 0.95) * curve[0]
-    assert 0.0 <= float(out[name]["test_accuracy"]) <= 1.0
 
 
 def test_lopt_meta_gradient_is_finite(lopt_task):

@@ -1,0 +1,102 @@
+"""A meta-trained learned optimizer as an `optax.GradientTransformation`, for any training loop.
+
+    opt = tasks.learned_optimizer.load("runs/lopt", num_steps=1000)    # the run's newest valid checkpoint
+    opt = tasks.learned_optimizer.as_optax(theta, num_steps=1000)      # or from a θ in hand
+    state = opt.init(params)
+    updates, state = opt.update(grads, state, params)                  # params are required: p is a feature
+    params = optax.apply_updates(params, updates)
+
+It works on any pytree of float parameters of any shapes (the network acts per element, its features are
+normalised per tensor; see `tasks.lopt_network`), and everything is jit-able. `num_steps` is the length of
+the training run, which the optimizer's progress features need (time_features="fraction"); an optimizer
+meta-trained with time_features="steps" ignores it.
+"""
+import json
+import os
+
+import jax
+import optax
+
+from tasks import lopt_network
+from tasks.lopt_network import LoptSpec
+
+
+def check_theta_matches(spec: LoptSpec, theta):
+  """θ must have the structure and shapes of `spec`'s network."""
+  want = jax.eval_shape(lambda: lopt_network.init_theta(spec))
+  got_def, want_def = jax.tree_util.tree_structure(theta), jax.tree_util.tree_structure(want)
+  shapes = lambda tree: [tuple(x.shape) for x in jax.tree_util.tree_leaves(tree)]
+  if got_def != want_def or shapes(theta) != shapes(want):
+    raise ValueError(f"theta does not fit a learned optimizer with lopt_hidden={spec.hidden} and "
+                     f"time_features={spec.time_features!r} (expected leaves {shapes(want)}, got {shapes(theta)}); "
+                     f"pass the spec it was trained with")
+
+
+def as_optax(theta, num_steps=None, spec: LoptSpec | None = None) -> optax.GradientTransformation:
+  """The learned optimizer θ (of architecture `spec`, default `LoptSpec()`) as an optax transformation.
+
+  num_steps: the training run's length in steps (required when spec.time_features == "fraction").
+  """
+  spec = LoptSpec() if spec is None else spec
+  if not isinstance(spec, LoptSpec):
+    raise ValueError(f"spec must be a tasks.lopt_network.LoptSpec; got {spec!r}")
+  if spec.time_features == "fraction":
+    if num_steps is None:
+      raise ValueError("num_steps must be given: the optimizer's progress features are fractions of the run")
+  check_theta_matches(spec, theta)
+
+  def init(params):
+    return lopt_network.init_state(params)
+
+  def update(grads, state, params=None):
+    if params is None:
+      raise ValueError("params must be passed to update (opt.update(grads, state, params)): the learned "
+                       "optimizer reads the parameters as a feature")
+    return lopt_network.update(spec, theta, state, params, grads, num_steps)
+
+  return optax.GradientTransformation(init, update)
+
+
+def load(run_dir: str, num_steps=None) -> optax.GradientTransformation:
+  """The learned optimizer meta-trained by `unrolled-es train --task learned_optimizer --out run_dir`, from the
+  run's newest valid checkpoint (a damaged newest file is skipped with a warning for the previous one).
+
+  num_steps defaults to the run's meta-training horizon.
+  """
+  theta, config = load_theta(run_dir)
+  if num_steps is None:
+    num_steps = config.horizon
+  return as_optax(theta, num_steps, config.spec)
+
+
+def load_theta(run_dir: str):
+  """(θ, the task's LoptConfig) of a CLI run folder."""
+  from tasks import learned_optimizer
+  from unrolled_es import cli
+  from unrolled_es.checkpoint import restore_latest
+
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"run_dir {run_dir!r} holds no config.json: pass the --out folder of an `unrolled-es train "
+                     f"--task learned_optimizer` run")
+  with open(path) as f:
+    cfg = json.load(f)
+  if cfg.get("task") != "learned_optimizer":
+    raise ValueError(f"run_dir {run_dir!r} holds a run of task {cfg.get('task')!r}, not learned_optimizer")
+  task = learned_optimizer.learned_optimizer(**cfg["task_args"])
+  template = _checkpoint_template(cfg, task, cli)
+  restored = restore_latest(os.path.join(run_dir, "checkpoints"), template)
+  if restored is None:
+    raise ValueError(f"run_dir {run_dir!r} holds no checkpoint yet")
+  return restored[0]["theta"], learned_optimizer.make_config(**cfg["task_args"])
+
+
+def _checkpoint_template(cfg, task, cli):
+  """The structure the CLI's train loop checkpoints: θ, the outer optimizer's and the estimator's states, key."""
+  ctor = cli.estimator_constructors()[cfg["estimator"]]
+  estimator = cli._build_estimator(cfg, task, ctor)
+  optimizer = cli.make_optimizer(cfg["optimizer"], cfg["lr"])
+  key = jax.random.key(cfg["seed"])
+  init_key = jax.random.split(key, 3)[0]
+  return jax.eval_shape(lambda: {"theta": task.theta0, "opt_state": optimizer.init(task.theta0),
+                                 "est_state": estimator.init(init_key, task.theta0), "key": key})
