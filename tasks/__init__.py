@@ -12,6 +12,7 @@ _MODULES = {
     "rnn_char": "tasks.rnn",
     "rnn_copy": "tasks.rnn",
     "learned_optimizer": "tasks.learned_optimizer",
+    "control": "tasks.control",
 }
 NAMES = tuple(_MODULES)
 

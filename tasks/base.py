@@ -16,6 +16,10 @@ class Task(NamedTuple):
              "truncation_length", "outer_lr", "optimizer" ("sgd" | "adam"), "steps".
   report:    optional `report(theta, out_dir) -> rows` run after training (e.g. the learned optimizer
              against tuned Adam), returning a list of dicts to print as a table.
+  mask:      optional θ-shaped pytree of bools: False marks leaves that estimators must not perturb and that get
+             a zero gradient (e.g. the control task's observation statistics). None: every leaf is trained.
+  after_update: optional `after_update(theta, est_state) -> theta`, pure and jit-able, run after each optimizer
+             update (e.g. the control task merging the observation statistics its particles gathered).
   """
   name: str
   system: UnrolledSystem
@@ -23,3 +27,5 @@ class Task(NamedTuple):
   evaluate: Callable[[Any, Any], dict]
   settings: dict
   report: Callable[[Any, str], list] | None = None
+  mask: Any = None
+  after_update: Callable[[Any, Any], Any] | None = None

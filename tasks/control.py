@@ -1,0 +1,140 @@
+"""Reinforcement-learning control: one episode of a policy in an environment is an unrolled system.
+
+    state s_t = (environment state, observation, done flag, observation statistics),
+    step:  a_t = π_θ(x̃_t) with x̃_t the normalised observation;  l_t = −r_t, or 0 once the episode has ended,
+    L(θ) = 1/T Σ_t l_t = −E[return]/T,   T = the environment's episode length (e.g. 500 for CartPole-v1).
+
+So online ES (ES-Single, PES) trains policies the way ARS (Mania et al., 2018), the PES paper (Vicol et al.,
+2021) and the NRES paper (Li et al., 2023) do, with a linear or MLP policy (tasks/control_policies.py) on gymnax
+environments or MuJoCo Swimmer through MJX (tasks/control_envs.py, tasks/mjx_swimmer.py). `evaluate` reports
+returns (sums of rewards per episode) beside the per-step meta-loss.
+
+Episodes that end early are frozen, not restarted: after `done` the state stops changing and every remaining
+step of the horizon has loss 0, so every episode has exactly T steps. Why: the estimators reset a particle only
+when it reaches T, and ES is unbiased for the gradient of the expected (smoothed) mean loss of a fixed-length
+unroll. With a frozen absorbing state that mean loss is exactly −E[return]/T, whatever θ does to the episode's
+length. Restarting inside the horizon instead would add the returns of extra episodes, whose number depends on
+θ (a policy that falls over quickly would collect more first steps), and optimise average reward per step rather
+than the return. gymnax's `env.step` auto-resets on done; the adapter uses `step_env`, so it cannot leak.
+
+Observation normalisation (ARS V2, tasks/observation_norm.py) keeps running statistics in θ["obs_norm"];
+`Task.mask` excludes them from perturbation and `Task.after_update` (= `update_obs_norm`) merges what the
+particles observed into θ after each optimizer step, outside the estimate, which stays pure.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tasks import observation_norm
+from tasks.base import Task
+from tasks.control_envs import ControlEnv, make_env
+from tasks.control_policies import POLICIES, SQUASHES, apply_policy, init_policy, to_action
+from unrolled_es.system import UnrolledSystem, check_bool, check_int, check_positive_float, run_episode
+
+update_obs_norm = observation_norm.update_obs_norm
+
+# Settings with which the plain `unrolled-es train --task control --task-arg env=<id> --estimator es_single`
+# command is meant to solve the task (measured in benchmarks/RESULTS.md); others fall back to GENERIC_SETTINGS.
+SETTINGS = {
+    "CartPole-v1": {"sigma": 0.1, "num_particles": 32, "truncation_length": 50, "outer_lr": 0.05,
+                    "optimizer": "adam", "steps": 300},
+    "Pendulum-v1": {"sigma": 0.1, "num_particles": 32, "truncation_length": 20, "outer_lr": 0.05,
+                    "optimizer": "adam", "steps": 500},
+    "Swimmer-v5": {"sigma": 0.3, "num_particles": 30, "truncation_length": 100, "outer_lr": 3.0,
+                   "optimizer": "sgd", "steps": 300},
+}
+GENERIC_SETTINGS = {"sigma": 0.1, "num_particles": 32, "truncation_length": 50, "outer_lr": 0.05,
+                    "optimizer": "adam", "steps": 500}
+
+
+def control(env="CartPole-v1", policy="linear", hidden=(32, 32), bias=False, stochastic=False, action_std=0.1,
+            squash="clip", normalize_obs=True, horizon=None, num_eval=16, seed=0) -> Task:
+  """The control task.
+
+  env:       a gymnax id ("CartPole-v1", "Pendulum-v1", ...), "Swimmer-v5" (MJX), or a `ControlEnv`.
+  policy:    "linear" (x̃ W, W = 0 at the start, ARS) or "mlp" (tanh layers of sizes `hidden`).
+  bias:      add a bias to the linear policy (ARS has none).
+  stochastic: sample discrete actions from softmax(logits) / add N(0, action_std²) to continuous ones.
+  squash:    "clip" or "tanh": how continuous outputs are mapped into the action bounds.
+  normalize_obs: ARS V2 observation normalisation (θ gets an "obs_norm" entry, and the task a mask and an
+             after_update); False is ARS V1.
+  horizon:   T, steps per episode (default the environment's own episode length).
+  num_eval:  episodes averaged by `evaluate`. seed: the MLP's initial weights.
+  evaluate(theta, key) -> {"meta_loss": −mean return / T, "return": mean return over num_eval episodes,
+  "return_std", "return_min", "episode_length": mean steps taken before the end (at most T)}.
+  """
+  cfg = _check_options(policy, hidden, bias, stochastic, action_std, squash, normalize_obs, num_eval, seed)
+  env = env if isinstance(env, ControlEnv) else make_env(env)
+  horizon = env.max_steps if horizon is None else check_int("horizon", horizon, 1)
+  space = env.action_space
+  policy_params = init_policy(policy, jax.random.PRNGKey(cfg["seed"]), env.obs_size, space.size, cfg["hidden"],
+                              cfg["bias"])
+  theta0 = {"policy": policy_params}
+  if cfg["normalize_obs"]:
+    theta0["obs_norm"] = observation_norm.init_stats(env.obs_size)
+  system = control_system(env, horizon, cfg)
+  mask = jax.tree_util.tree_map(lambda x: np.ones(np.shape(x), bool), theta0)
+  if cfg["normalize_obs"]:
+    mask["obs_norm"] = observation_norm.mask(theta0["obs_norm"])
+  settings = dict(SETTINGS.get(env.name, GENERIC_SETTINGS))
+  settings["truncation_length"] = min(settings["truncation_length"], horizon)
+  return Task(name="control", system=system, theta0=theta0, evaluate=make_evaluate(system, cfg["num_eval"]),
+              settings=settings, mask=mask, after_update=update_obs_norm if cfg["normalize_obs"] else None)
+
+
+def _check_options(policy, hidden, bias, stochastic, action_std, squash, normalize_obs, num_eval, seed):
+  if policy not in POLICIES:
+    raise ValueError(f"policy must be one of {POLICIES}; got {policy!r}")
+  if squash not in SQUASHES:
+    raise ValueError(f"squash must be one of {SQUASHES}; got {squash!r}")
+  hidden = (hidden,) if isinstance(hidden, int) else hidden
+  if not (isinstance(hidden, (tuple, list)) and hidden):
+    raise ValueError(f"hidden must be a non-empty tuple of layer sizes; got {hidden!r}")
+  hidden = tuple(check_int("hidden", h, 1) for h in hidden)
+  return {"policy": policy, "hidden": hidden, "bias": check_bool("bias", bias),
+          "stochastic": check_bool("stochastic", stochastic), "action_std": check_positive_float("action_std",
+          action_std), "squash": squash, "normalize_obs": check_bool("normalize_obs", normalize_obs),
+          "num_eval": check_int("num_eval", num_eval, 1), "seed": check_int("seed", seed, 0)}
+
+
+def control_system(env: ControlEnv, horizon: int, cfg: dict) -> UnrolledSystem:
+  """The episode as an UnrolledSystem (module docstring); cfg holds the checked options of `control`."""
+  space, normalize = env.action_space, cfg["normalize_obs"]
+  bounded = space.discrete or bool(np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)))
+  if cfg["squash"] == "tanh" and not bounded:
+    raise ValueError(f"squash='tanh' needs finite action bounds; {env.name} has low={space.low}, high={space.high}")
+
+  def init(key, theta):
+    obs, env_state = env.reset(key)
+    state = {"env": env_state, "obs": obs, "done": jnp.zeros((), bool), "length": jnp.zeros((), jnp.int32)}
+    if normalize:
+      state["obs_stats"] = observation_norm.empty_accumulator(theta["obs_norm"])
+    return state
+
+  def step(theta, state, key):
+    policy_key, env_key = jax.random.split(key)
+    x = state["obs"]
+    features = observation_norm.normalize(theta["obs_norm"], x) if normalize else x
+    action = to_action(space, apply_policy(theta["policy"], features), policy_key, cfg["stochastic"],
+                       cfg["action_std"], cfg["squash"])
+    obs, env_state, reward, done = env.step(env_key, state["env"], action)
+    running = jnp.logical_not(state["done"])
+    moved = {"env": env_state, "obs": obs, "done": done, "length": state["length"] + 1}
+    new = jax.tree_util.tree_map(lambda a, b: jnp.where(running, a, b), moved, {k: state[k] for k in moved})
+    if normalize:
+      new["obs_stats"] = observation_norm.accumulate(state["obs_stats"], theta["obs_norm"], x, running)
+    return new, jnp.where(running, -reward, 0.0).astype(jnp.float32)
+
+  return UnrolledSystem(init=init, step=step, horizon=horizon)
+
+
+def make_evaluate(system: UnrolledSystem, num_eval: int):
+  """evaluate(theta, key): the unperturbed policy on `num_eval` episodes, in return units and as a meta-loss."""
+
+  def evaluate(theta, key):
+    final, losses = jax.vmap(lambda k: run_episode(system, theta, k))(jax.random.split(key, num_eval))
+    returns = -jnp.sum(losses, axis=1)
+    return {"meta_loss": jnp.mean(losses), "return": jnp.mean(returns), "return_std": jnp.std(returns),
+            "return_min": jnp.min(returns), "episode_length": jnp.mean(final["length"].astype(jnp.float32))}
+
+  return evaluate

@@ -1,0 +1,325 @@
+"""The control task: every estimator on every environment, unbiased termination handling, pure observation
+normalisation, and MJX Swimmer-v5 against Gymnasium's own Swimmer-v5."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnax")
+
+import tasks  # noqa: E402
+import unrolled_es as ue  # noqa: E402
+from tasks import observation_norm  # noqa: E402
+from tasks.control import control  # noqa: E402
+from tasks.control_envs import ControlEnv, make_env  # noqa: E402
+from tasks.control_policies import ActionSpace  # noqa: E402
+
+GYMNAX_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0")
+TINY = dict(num_particles=2, sigma=0.1, truncation_length=2, stagger=False)
+
+
+def _distinct_estimators():
+  seen, names = set(), []
+  for name in ue.ESTIMATORS:
+    ctor = getattr(ue, name)
+    if ctor not in seen:  # nres is es_single
+      seen.add(ctor)
+      names.append(name)
+  return names
+
+
+def _run_estimators(task, names):
+  # One compiled program for all estimators: compiling them separately costs about 2x as long.
+  ests = [ue.make(n, task.system, mask=task.mask, **TINY) for n in names]
+  run = jax.jit(lambda k, th: [e.estimate(k, th, e.init(k, th)) for e in ests])
+  return run(jax.random.PRNGKey(0), task.theta0)
+
+
+def _check_estimate(task, name, grad, info):
+  assert jax.tree_util.tree_structure(grad) == jax.tree_util.tree_structure(task.theta0), name
+  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grad)), name
+  assert int(info["num_nonfinite"]) == 0 and np.isfinite(info["loss"]), name
+  if "obs_norm" in grad:  # masked: never perturbed, exactly zero gradient
+    assert all(np.all(np.asarray(g) == 0) for g in jax.tree_util.tree_leaves(grad["obs_norm"])), name
+
+
+@pytest.mark.parametrize("env_id", GYMNAX_ENVS)
+def test_every_estimator_runs_one_estimate(env_id):
+  task = tasks.get("control", env=env_id, horizon=4, num_eval=2)
+  names = _distinct_estimators()
+  if not make_env(env_id).differentiable:
+    # Discrete actions (argmax or sampling) and gymnax's stop-gradient transitions give autodiff a zero gradient
+    # through the episode: BPTT has nothing to estimate there.
+    names = [n for n in names if "bptt" not in n]
+  for name, (grad, _, info) in zip(names, _run_estimators(task, names)):
+    _check_estimate(task, name, grad, info)
+
+
+def _needs_mjx():
+  from tasks import mjx_swimmer
+  try:
+    mjx_swimmer._import_mujoco()
+  except ImportError as e:
+    pytest.skip(str(e))
+  return mjx_swimmer
+
+
+def test_swimmer_runs_es_single():
+  # MJX's constraint solver (the swimmer's joint limits) is a while_loop, which reverse-mode autodiff rejects, so
+  # BPTT does not apply; each MJX program takes ~30 s to compile on CPU, so one ES estimator stands for the rest
+  # (the engine is the same for all of them, and benchmarks/control.py runs four on Swimmer).
+  _needs_mjx()
+  task = tasks.get("control", env="Swimmer-v5", horizon=4, num_eval=1)
+  assert not make_env("Swimmer-v5").differentiable
+  (grad, _, info), = _run_estimators(task, ["es_single"])
+  _check_estimate(task, "es_single", grad, info)
+
+
+# ---------------------------------------------------------------- termination: frozen, unbiased
+
+SURVIVAL_C, SURVIVAL_T = 0.1, 20
+
+
+def survival_env(auto_reset=False):
+  """Reward 1 per step; the episode ends after each step with probability 1 − exp(−c a²), a the (constant)
+  action. With a = w + σε fixed over the episode, E[return] = Σ_t exp(−c t a²), and its Gaussian smoothing over
+  ε is closed form (`smoothed_gradient`). auto_reset=True is what gymnax's env.step does: a new episode
+  continues inside the same horizon, which changes the objective."""
+
+  def reset(key):
+    return jnp.ones((1,), jnp.float32), jnp.zeros((), jnp.int32)
+
+  def step(key, state, action):
+    ends = jax.random.uniform(key) > jnp.exp(-SURVIVAL_C * action[0] ** 2)
+    done = jnp.logical_and(ends, not auto_reset)
+    return jnp.ones((1,), jnp.float32), state + 1, jnp.float32(1.0), done
+
+  return ControlEnv(name="survival", reset=reset, step=step, obs_size=1,
+                    action_space=ActionSpace(low=np.array([-10.0], np.float32), high=np.array([10.0], np.float32)),
+                    max_steps=SURVIVAL_T, differentiable=False)
+
+
+def smoothed_gradient(w, sigma):
+  """d/dw of E_ε[−return/T] with a = w + σε: E exp(−ct(w+σε)²) = exp(−ctw²/(1+2ctσ²)) / sqrt(1+2ctσ²)."""
+  t = np.arange(SURVIVAL_T, dtype=np.float64)
+  s = 1.0 + 2.0 * SURVIVAL_C * t * sigma ** 2
+  survival = np.exp(-SURVIVAL_C * t * w ** 2 / s) / np.sqrt(s)
+  return float(-np.sum(survival * (-2.0 * SURVIVAL_C * t * w / s)) / SURVIVAL_T)
+
+
+def _mean_and_se(env, make_est, repeats=32):
+  task = control(env=env, normalize_obs=False)
+  theta = {"policy": {"w": jnp.full((1, 1), 0.8, jnp.float32)}}
+  est = make_est(task.system)
+
+  def one(key):
+    k_init, k_est = jax.random.split(key)
+    return est.estimate(k_est, theta, est.init(k_init, theta))[0]["policy"]["w"][0, 0]
+
+  g = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(3), repeats)), np.float64)
+  return g.mean(), g.std(ddof=1) / np.sqrt(repeats)
+
+
+@pytest.mark.parametrize("name", ["es_single", "full_es"])
+def test_termination_is_unbiased_for_the_expected_return(name):
+  sigma = 0.3
+  make_est = {
+      # 4 windows per episode and N a multiple of 4: staggering covers every window position equally.
+      "es_single": lambda s: ue.es_single(s, num_particles=256, sigma=sigma, truncation_length=5),
+      "full_es": lambda s: ue.full_es(s, num_particles=256, sigma=sigma),
+  }[name]
+  exact = smoothed_gradient(0.8, sigma)
+  mean, se = _mean_and_se(survival_env(), make_est)
+  assert abs(mean - exact) < 4 * se, (mean, se, exact)
+  # The check has power: letting a new episode run on after the end (gymnax's auto-reset) is rejected.
+  leaked, leaked_se = _mean_and_se(survival_env(auto_reset=True), make_est)
+  assert abs(leaked - exact) > 4 * leaked_se, (leaked, leaked_se, exact)
+
+
+def test_gymnax_episode_is_frozen_after_done():
+  """A CartPole episode with the zero policy (always push left) ends after ~10 steps: after it, losses are 0 and
+  the return matches a plain gymnax rollout up to its first done."""
+  import gymnax
+  task = control(env="CartPole-v1", horizon=60, normalize_obs=False)
+  key = jax.random.PRNGKey(5)
+  final, losses = ue.system.run_episode(task.system, task.theta0, key)
+  length = int(final["length"])
+  assert 0 < length < 60 and bool(final["done"])
+  np.testing.assert_array_equal(np.asarray(losses[:length]), -1.0)
+  np.testing.assert_array_equal(np.asarray(losses[length:]), 0.0)
+  env, params = gymnax.make("CartPole-v1")
+  init_key, base = ue.system.episode_keys(key)
+  _, state = env.reset_env(init_key, params)
+  steps = 0
+  for t in range(60):
+    env_key = jax.random.split(ue.system.step_key(base, t))[1]
+    _, state, _, terminated, _ = env.step_env(env_key, state, 0, params)
+    steps += 1
+    if bool(terminated):
+      break
+  assert steps == length
+  result = jax.jit(task.evaluate)(task.theta0, key)
+  assert float(result["meta_loss"]) == pytest.approx(-float(result["return"]) / 60, rel=1e-6)
+  assert float(result["return"]) == pytest.approx(float(result["episode_length"]))
+
+
+# ---------------------------------------------------------------- observation normalisation
+
+
+def _welford(xs):
+  n, mean, m2 = 0, np.zeros(xs.shape[1]), np.zeros(xs.shape[1])
+  for x in xs:
+    n += 1
+    delta = x - mean
+    mean += delta / n
+    m2 += delta * (x - mean)
+  return mean, m2 / n
+
+
+def _accumulators(stats, chunks):
+  acc = []
+  for xs in chunks:
+    a = observation_norm.empty_accumulator(stats)
+    for x in xs:
+      a = observation_norm.accumulate(a, stats, jnp.asarray(x), True)
+    acc.append(a)
+  # An inner state holding them, as the estimator's state does: leading axes [N = 2 particles, M = 2 members].
+  return {"obs_stats": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs).reshape((2, 2) + xs[0].shape), *acc)}
+
+
+def test_update_obs_norm_matches_numpy_welford():
+  rng = np.random.default_rng(0)
+  theta = {"policy": {}, "obs_norm": observation_norm.init_stats(3)}
+  seen = []
+  for round_ in range(2):  # [N=2, M=2] accumulators per round, of different lengths, merged into θ twice
+    chunks = [rng.normal(loc=[1.0, -2.0, 0.0], scale=[0.5, 3.0, 1.0], size=(n, 3)) for n in (3, 7, 1, 5)]
+    theta = jax.jit(observation_norm.update_obs_norm)(theta, _accumulators(theta["obs_norm"], chunks))
+    seen.extend(chunks)
+    mean, var = _welford(np.concatenate(seen))
+    np.testing.assert_allclose(theta["obs_norm"]["mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(theta["obs_norm"]["var"], var, rtol=1e-5)
+    assert float(theta["obs_norm"]["count"]) == sum(len(c) for c in seen)
+    assert float(theta["obs_norm"]["updates"]) == round_ + 1
+  merge = jax.jit(observation_norm.update_obs_norm)
+  # One accumulator holds a NaN: it is left out, the other three (6 observations) are merged.
+  nan = [np.full((2, 3), np.nan)] + [np.ones((2, 3))] * 3
+  merged = merge(theta, _accumulators(theta["obs_norm"], nan))["obs_norm"]
+  assert float(merged["count"]) == float(theta["obs_norm"]["count"]) + 6
+  assert np.all(np.isfinite(merged["mean"])) and np.all(np.isfinite(merged["var"]))
+  # Accumulators stamped before the last merge hold observations already counted: none is merged again.
+  merged = merge(theta, _accumulators(observation_norm.init_stats(3), [np.ones((2, 3))] * 4))["obs_norm"]
+  assert float(merged["count"]) == float(theta["obs_norm"]["count"])
+  np.testing.assert_array_equal(merged["mean"], theta["obs_norm"]["mean"])
+
+
+def test_normalisation_zeroes_constant_coordinates():
+  stats = dict(observation_norm.init_stats(2), mean=jnp.array([1.0, 2.0]), var=jnp.array([4.0, 1e-16]))
+  np.testing.assert_allclose(observation_norm.normalize(stats, jnp.array([3.0, 5.0])), [1.0, 0.0])
+
+
+def counting_env(done_after):
+  """Observation t at step t of an episode (deterministic), done after `done_after` steps."""
+
+  def reset(key):
+    return jnp.zeros((1,), jnp.float32), jnp.zeros((), jnp.int32)
+
+  def step(key, t, action):
+    t = t + 1
+    return jnp.full((1,), t, jnp.float32), t, jnp.float32(0.0), t >= done_after
+
+  return ControlEnv(name="counting", reset=reset, step=step, obs_size=1,
+                    action_space=ActionSpace(num_actions=2), max_steps=12, differentiable=False)
+
+
+def test_each_observation_is_merged_once():
+  """Windows of K = 4 steps; the episode ends after 6 steps. After window 1 the statistics hold observations
+  0..3 of every member; after window 2 they hold 0..5 (4 and 5 once, nothing after the end, 0..3 not again)."""
+  task = control(env=counting_env(done_after=6))
+  est = ue.es_single(task.system, num_particles=3, sigma=0.1, truncation_length=4, stagger=False, mask=task.mask)
+  theta, state = task.theta0, est.init(jax.random.PRNGKey(0), task.theta0)
+  estimate, merge = jax.jit(est.estimate), jax.jit(task.after_update)
+  for window, last in ((1, 3), (2, 5)):
+    _, state, _ = estimate(jax.random.PRNGKey(window), theta, state)
+    theta = merge(theta, state)
+    seen = np.arange(last + 1, dtype=np.float64)
+    members = 3 * 2
+    assert float(theta["obs_norm"]["count"]) == members * len(seen)
+    np.testing.assert_allclose(theta["obs_norm"]["mean"], [seen.mean()], rtol=1e-6)
+    np.testing.assert_allclose(theta["obs_norm"]["var"], [seen.var()], rtol=1e-5)
+
+
+def test_estimate_is_pure_with_normalisation():
+  """Same key, θ (with merged statistics) and state: bit-identical gradient, state and info."""
+  task = tasks.get("control", env="CartPole-v1", horizon=20)
+  est = ue.es_single(task.system, num_particles=4, sigma=0.1, truncation_length=5, mask=task.mask)
+  estimate = jax.jit(est.estimate)
+  state = est.init(jax.random.PRNGKey(0), task.theta0)
+  _, state, _ = estimate(jax.random.PRNGKey(1), task.theta0, state)
+  theta = jax.jit(task.after_update)(task.theta0, state)
+  assert float(theta["obs_norm"]["count"]) > 0
+  first = estimate(jax.random.PRNGKey(2), theta, state)
+  second = estimate(jax.random.PRNGKey(2), theta, state)
+  for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(second)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ---------------------------------------------------------------- policies and arguments
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_mlp_and_stochastic_policies(env_id):
+  task = control(env=env_id, policy="mlp", hidden=(8,), stochastic=True, horizon=40, num_eval=4)
+  est = ue.es_single(task.system, num_particles=2, sigma=0.1, truncation_length=5, stagger=False, mask=task.mask)
+  grad, _, info = jax.jit(lambda k, th: est.estimate(k, th, est.init(k, th)))(jax.random.PRNGKey(0), task.theta0)
+  _check_estimate(task, "es_single", grad, info)
+  # A stochastic policy draws its noise from the step key: different episode keys, different returns.
+  returns = jax.jit(jax.vmap(lambda k: task.evaluate(task.theta0, k)["return"]))(jax.random.split(
+      jax.random.PRNGKey(1), 8))
+  assert len(set(np.asarray(returns).tolist())) > 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(env="NoSuchEnv-v0"), "env must be"),
+    (dict(env=3), "env must be"),
+    (dict(policy="cnn"), "policy must be"),
+    (dict(squash="sigmoid"), "squash must be"),
+    (dict(horizon=0), "horizon must be"),
+    (dict(hidden=()), "hidden must be"),
+    (dict(num_eval=0), "num_eval must be"),
+])
+def test_bad_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    tasks.get("control", **kwargs)
+
+
+# ---------------------------------------------------------------- Swimmer-v5 against Gymnasium
+
+
+def test_swimmer_matches_gymnasium():
+  mjx_swimmer = _needs_mjx()
+  gymnasium = pytest.importorskip("gymnasium")
+  pytest.importorskip("gymnasium.envs.mujoco")
+  env = mjx_swimmer.swimmer_v5()
+  reference = gymnasium.make("Swimmer-v5").unwrapped
+  reference.reset(seed=0)
+  rng = np.random.default_rng(1)
+  qpos, qvel = rng.uniform(-0.1, 0.1, 5), rng.uniform(-0.1, 0.1, 5)
+  reference.set_state(qpos, qvel)
+  _, data = env.reset(jax.random.PRNGKey(0))
+  data = data.replace(qpos=jnp.asarray(qpos, jnp.float32), qvel=jnp.asarray(qvel, jnp.float32))
+  step = jax.jit(env.step)
+  for action in rng.uniform(-1.0, 1.0, (8, 2)):
+    obs, data, reward, done = step(jax.random.PRNGKey(0), data, jnp.asarray(action, jnp.float32))
+    ref_obs, ref_reward, terminated, truncated, _ = reference.step(action)
+    np.testing.assert_allclose(np.asarray(obs), ref_obs, atol=1e-5)
+    assert float(reward) == pytest.approx(ref_reward, abs=1e-4)
+    assert not bool(done) and not terminated
+  assert env.obs_size == 8 and env.max_steps == 1000
+
+
+def test_swimmer_reset_distribution():
+  env = _needs_mjx().swimmer_v5()
+  obs, data = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), 256))
+  for x in (data.qpos, data.qvel):
+    assert np.all(np.abs(np.asarray(x)) <= 0.1) and np.abs(np.asarray(x)).max() > 0.09
+  np.testing.assert_array_equal(obs, np.concatenate([data.qpos[:, 2:], data.qvel], axis=1))
