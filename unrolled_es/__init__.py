@@ -4,17 +4,20 @@
     state = est.init(key, theta)
     grad, state, info = est.estimate(key, theta, state)   # grad feeds any optax optimizer
 """
+from unrolled_es import rules
+from unrolled_es.engine import es_estimator
 from unrolled_es.estimator import GradientEstimator, particle_mesh
-from unrolled_es.estimators import (es_single, full_bptt, full_es, generalized_pes, make, nres, pes, truncated_bptt,
-                                    truncated_es)
+from unrolled_es.estimators import (baseline_es, es_single, full_bptt, full_es, generalized_pes, make, nres, pes,
+                                    register, registered, truncated_bptt, truncated_es)
 from unrolled_es.haiku_layers import haiku_apply
 from unrolled_es.layers import linear, materialize
 from unrolled_es.multi_task import multi_task
 from unrolled_es.noise import Noise, PerturbedMatrix, gaussian, low_rank
+from unrolled_es.rules import Rule
 from unrolled_es.system import UnrolledSystem, evaluate
 
-ESTIMATORS = ("full_es", "truncated_es", "pes", "generalized_pes", "es_single", "nres", "truncated_bptt",
-              "full_bptt")
+ESTIMATORS = tuple(registered())  # the names at import; `registered()` also lists estimators registered later
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
-           "linear", "materialize", "haiku_apply", "particle_mesh", "make", "multi_task", *ESTIMATORS, "ESTIMATORS"]
+           "linear", "materialize", "haiku_apply", "particle_mesh", "make", "multi_task", "Rule", "rules",
+           "es_estimator", "register", "registered", *ESTIMATORS, "ESTIMATORS"]

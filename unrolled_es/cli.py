@@ -31,9 +31,9 @@ class UsageError(Exception):
 
 
 def estimator_constructors() -> dict:
-  """name -> constructor, for the estimators `unrolled_es` exports."""
+  """name -> constructor, from the one registry of estimators."""
   import unrolled_es
-  return {n: getattr(unrolled_es, n) for n in unrolled_es.ESTIMATORS}
+  return unrolled_es.registered()
 
 
 def task_names() -> tuple:

@@ -4,13 +4,14 @@
     state = est.init(key, theta)
     grad, state, info = est.estimate(key, theta, state)
 
-Both functions are pure and jit-able; the same key and state give bit-identical output.
+Both functions are pure and jit-able; the same key and state give bit-identical output. This module also holds
+the settings every estimator shares and their checks.
 """
 from typing import Any, Callable, NamedTuple
 
 import jax
 
-from unrolled_es import particles
+from unrolled_es import masks, precision
 from unrolled_es.noise import Noise, gaussian
 from unrolled_es.prng import raw_key
 from unrolled_es.system import (UnrolledSystem, check_bool, check_int, check_positive_float, check_step_contract,
@@ -23,28 +24,64 @@ class GradientEstimator(NamedTuple):
   estimate: Callable[[jax.Array, Any, Any], tuple[Any, Any, dict]]
 
 
-def make_config(system: UnrolledSystem, *, num_particles, truncation_length, sigma=None, noise=None,
-                antithetic=True, stagger=False, mesh=None, **settings) -> particles.Config:
-  """Validates the shared constructor arguments and returns the engine's settings."""
+class Settings(NamedTuple):
+  """The validated settings shared by every estimator."""
+  num_particles: int
+  truncation_length: int
+  members: int
+  sigma: float | None = None     # None: no noise (autodiff)
+  noise: Noise | None = None     # already restricted to `mask`
+  stagger: bool = False
+  mesh: Any = None               # jax.sharding.Mesh with a "particles" axis: particles split over its devices
+  mask: Any = None               # θ-shaped pytree of bools, or None
+
+
+def _check_mesh(mesh, num_particles):
+  if mesh is None:
+    return
+  if not (isinstance(mesh, jax.sharding.Mesh) and "particles" in mesh.axis_names):
+    raise ValueError(f"mesh must be a jax.sharding.Mesh with a 'particles' axis (see unrolled_es.particle_mesh); "
+                     f"got {mesh!r}")
+  if num_particles % mesh.shape["particles"]:
+    raise ValueError(f"num_particles must be a multiple of the number of devices on the mesh's 'particles' "
+                     f"axis ({mesh.shape['particles']}); got {num_particles}")
+
+
+def _check_noise(noise):
+  noise = gaussian() if noise is None else noise
+  if not isinstance(noise, Noise):
+    raise ValueError(f"noise must be an unrolled_es noise (gaussian() or low_rank(rank)); got {noise!r}")
+  return noise
+
+
+def settings(system: UnrolledSystem, *, members: int, num_particles, truncation_length=None, sigma=None,
+             noise=None, stagger=False, mask=None, mesh=None) -> Settings:
+  """Checks the shared constructor arguments. truncation_length None: whole episodes (K = T); sigma None: no
+  noise (the autodiff baselines)."""
   check_system(system)
   num_particles = check_int("num_particles", num_particles, 1)
-  truncation_length = check_int("truncation_length", truncation_length, 1, system.horizon)
+  k = system.horizon if truncation_length is None else truncation_length
+  k = check_int("truncation_length", k, 1, system.horizon)
+  mask = masks.check_mask(mask)
   if sigma is not None:
     sigma = check_positive_float("sigma", sigma)
-    noise = gaussian() if noise is None else noise
-    if not isinstance(noise, Noise):
-      raise ValueError(f"noise must be an unrolled_es noise (gaussian() or low_rank(rank)); got {noise!r}")
-  check_bool("antithetic", antithetic)
+    noise = _check_noise(noise)
+    noise = noise if mask is None else masks.masked(noise, mask)
   check_bool("stagger", stagger)
-  if mesh is not None:
-    if not (isinstance(mesh, jax.sharding.Mesh) and "particles" in mesh.axis_names):
-      raise ValueError(f"mesh must be a jax.sharding.Mesh with a 'particles' axis (see unrolled_es.particle_mesh); "
-                       f"got {mesh!r}")
-    if num_particles % mesh.shape["particles"]:
-      raise ValueError(f"num_particles must be a multiple of the number of devices on the mesh's 'particles' "
-                       f"axis ({mesh.shape['particles']}); got {num_particles}")
-  return particles.Config(num_particles=num_particles, truncation_length=truncation_length, sigma=sigma,
-                          noise=noise, antithetic=antithetic, stagger=stagger, mesh=mesh, **settings)
+  _check_mesh(mesh, num_particles)
+  return Settings(num_particles, k, members, sigma, noise, stagger, mesh, mask)
+
+
+def checked_call(system: UnrolledSystem, s: Settings, key, theta):
+  """The checks run when `init` or `estimate` is traced (they cost no FLOPs); returns the key split in two."""
+  check_theta(theta)
+  key = raw_key(key)
+  check_step_contract(system, theta, key)
+  if s.mask is not None:
+    masks.check_mask_matches(s.mask, theta)
+  if s.sigma is not None:
+    precision.check_resolution(theta, s.sigma, s.mask)
+  return jax.random.split(key)
 
 
 def particle_mesh(devices=None) -> jax.sharding.Mesh:
@@ -53,26 +90,3 @@ def particle_mesh(devices=None) -> jax.sharding.Mesh:
   import numpy as np
   devices = jax.devices() if devices is None else list(devices)
   return jax.sharding.Mesh(np.array(devices), ("particles",))
-
-
-def build(system: UnrolledSystem, cfg: particles.Config) -> GradientEstimator:
-  """The estimator that runs `cfg` on `system` (see particles.py for what each setting means)."""
-
-  def init(key, theta):
-    check_theta(theta)
-    check_step_contract(system, theta, raw_key(key))
-    init_key, burn_key = jax.random.split(raw_key(key))
-    state = particles.init_particles(system, cfg, theta, init_key)
-    if cfg.stagger:
-      state = particles.burn_in(system, cfg, theta, state, burn_key)
-    return state
-
-  def estimate(key, theta, state):
-    check_theta(theta)
-    check_step_contract(system, theta, raw_key(key))
-    if cfg.fresh_episodes:
-      state = state._replace(t=jax.numpy.full_like(state.t, system.horizon))
-    state, window = particles.advance(system, cfg, theta, state, key)
-    return particles.gradient(cfg, window, theta), state, particles.info(cfg, window)
-
-  return GradientEstimator(init=init, estimate=estimate)

@@ -65,7 +65,9 @@ def haiku_apply(apply_fn):
         return out
       used.add(name)
       pm, x = factors[name], jnp.asarray(f_args[0] if f_args else f_kwargs["inputs"])
-      return out + pm.correction(x, f_kwargs.get("precision")).astype(out.dtype)
+      # Added in float32 and rounded once, so that a low-precision output does not round σ·(x eps) away.
+      correction = pm.correction(x, f_kwargs.get("precision"))
+      return (out.astype(correction.dtype) + correction).astype(out.dtype)
 
     with hk.intercept_methods(interceptor):
       result = apply_fn(plain, *args, **kwargs)

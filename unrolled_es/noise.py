@@ -3,10 +3,14 @@
 An ES estimator never stores noise it can regenerate. A `Noise` is four pure functions over a
 representation `eps` of one unit-scale draw (ε = σ·eps):
 
-    sample(key, theta)          -> eps       one draw; every leaf gets its own block of the key's stream
-    perturb(theta, eps, scale)  -> theta'    what `system.step` receives: θ + scale·eps
-    combine(coeffs, eps_batch)  -> pytree     Σ_i coeffs[i]·eps_i over a leading particle axis, theta-shaped
-    dense(eps)                  -> pytree     eps materialised in theta's shape (the PES accumulator)
+    sample(key, theta)               -> eps     one float32 draw; every leaf gets its own block of the key's stream
+    perturb(theta, eps, scale, key)  -> theta'  what `system.step` receives: θ + scale·eps in θ's dtypes
+    combine(coeffs, eps_batch)       -> pytree   Σ_i coeffs[i]·eps_i over a leading particle axis, float32
+    dense(eps)                       -> pytree   eps materialised in theta's shape (the PES accumulator)
+
+Draws, sums and combinations are float32 whatever θ's dtype. `perturb` forms θ + scale·eps in float32 and rounds
+it to a narrow leaf's dtype (bfloat16, float16) stochastically with bits from `key`, so that a small σε is kept in
+expectation instead of rounded away (unrolled_es/precision.py); without a key it rounds to nearest.
 
 `gaussian()` is full-rank isotropic noise, Cov(eps) = I (Salimans et al. 2017); `low_rank(r)` is EGGROLL's
 abᵀ/√r per matrix. With `factored=True` either hands matrices to `system.step` as `PerturbedMatrix`, for layers
@@ -19,15 +23,25 @@ import math
 import jax
 import jax.numpy as jnp
 
+from unrolled_es.precision import add_scaled, rounding_bits
 from unrolled_es.prng import draw_blocks
 from unrolled_es.system import check_bool, check_int
 
 
 class Noise(NamedTuple):
   sample: Callable[[jax.Array, Any], Any]
-  perturb: Callable[[Any, Any, Any], Any]
+  perturb: Callable[..., Any]
   combine: Callable[[jax.Array, Any], Any]
   dense: Callable[[Any], Any]
+
+
+def _perturb_leaves(perturb_leaf, theta, eps, scale, key):
+  """perturb_leaf(x, e, scale, bits) over θ's leaves, with stochastic-rounding bits for the narrow ones."""
+  leaves, treedef = jax.tree_util.tree_flatten(theta)
+  eps_leaves = treedef.flatten_up_to(eps)
+  bits = rounding_bits(key, leaves)
+  return jax.tree_util.tree_unflatten(treedef, [perturb_leaf(x, e, scale, b)
+                                                for x, e, b in zip(leaves, eps_leaves, bits)])
 
 
 def _weighted_leaf(coeffs, e):
@@ -52,16 +66,15 @@ def gaussian(factored: bool = False) -> Noise:
 
   def sample(key, theta):
     leaves, treedef = jax.tree_util.tree_flatten(theta)
-    return jax.tree_util.tree_unflatten(
-        treedef, draw_blocks(key, [(jnp.shape(x), jnp.result_type(x)) for x in leaves]))
+    return jax.tree_util.tree_unflatten(treedef, draw_blocks(key, [jnp.shape(x) for x in leaves]))
 
-  def perturb_leaf(x, e, scale):
+  def perturb_leaf(x, e, scale, bits):
     if factored and _is_matrix(x):
-      return PerturbedMatrix(x, e, None, jnp.asarray(scale, e.dtype))
-    return x + jnp.asarray(scale, e.dtype) * e
+      return PerturbedMatrix(x, e, None, jnp.asarray(scale, jnp.float32))
+    return add_scaled(x, e, scale, bits)
 
-  def perturb(theta, eps, scale):
-    return jax.tree_util.tree_map(lambda x, e: perturb_leaf(x, e, scale), theta, eps)
+  def perturb(theta, eps, scale, key=None):
+    return _perturb_leaves(perturb_leaf, theta, eps, scale, key)
 
   return Noise(sample=sample, perturb=perturb, combine=weighted_sum, dense=lambda eps: eps)
 
@@ -89,20 +102,27 @@ class PerturbedMatrix(NamedTuple):
     return self.a if self.b is None else LowRank(self.a, self.b).dense()
 
   def dense(self):
-    return self.w + self.scale * self.eps()
+    return add_scaled(self.w, self.eps(), self.scale)
 
   def correction(self, x, precision=None):
-    """scale·(x eps) in x's dtype: one matmul for dense eps, two skinny ones for factors."""
-    xe = jnp.matmul(x, self.a.astype(x.dtype), precision=precision)
-    factor = self.scale
+    """scale·(x eps) in float32 (or x's dtype if wider): one matmul for dense eps, two skinny ones for factors.
+
+    Kept in float32 so that a low-precision x does not round the draw itself, and added to xW before the one
+    rounding to the output's dtype (`apply`)."""
+    work = jnp.promote_types(jnp.result_type(x), jnp.float32)
+    x = x.astype(work)
+    xe = jnp.matmul(x, self.a.astype(work), precision=precision)
+    factor = self.scale.astype(work)
     if self.b is not None:
-      xe = jnp.matmul(xe, self.b.T.astype(x.dtype), precision=precision)
-      factor = factor / jnp.sqrt(jnp.asarray(self.a.shape[-1], self.a.dtype))
-    return factor.astype(x.dtype) * xe
+      xe = jnp.matmul(xe, self.b.T.astype(work), precision=precision)
+      factor = factor / jnp.sqrt(jnp.asarray(self.a.shape[-1], work))
+    return factor * xe
 
   def apply(self, x):
-    """x @ (W + scale·eps) without forming a per-particle matrix."""
-    return jnp.matmul(x, self.w) + self.correction(x)
+    """x @ (W + scale·eps) without forming a per-particle matrix, rounded once to the dtype of x @ W."""
+    out_dtype = jnp.result_type(x, self.w)
+    work = jnp.promote_types(out_dtype, jnp.float32)
+    return (jnp.matmul(x, self.w, preferred_element_type=work) + self.correction(x)).astype(out_dtype)
 
 
 def _is_matrix(x):
@@ -128,9 +148,7 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
     leaves, treedef = jax.tree_util.tree_flatten(theta)
     wanted = []
     for x in leaves:
-      dtype = jnp.result_type(x)
-      wanted += [((jnp.shape(x)[0], rank), dtype), ((jnp.shape(x)[1], rank), dtype)] if _is_matrix(x) else [
-          (jnp.shape(x), dtype)]
+      wanted += [(jnp.shape(x)[0], rank), (jnp.shape(x)[1], rank)] if _is_matrix(x) else [jnp.shape(x)]
     blocks = iter(draw_blocks(key, wanted))
     return jax.tree_util.tree_unflatten(
         treedef, [LowRank(next(blocks), next(blocks)) if _is_matrix(x) else next(blocks) for x in leaves])
@@ -141,16 +159,13 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
   def dense(eps):
     return jax.tree_util.tree_map(dense_leaf, eps, is_leaf=lambda e: isinstance(e, LowRank))
 
-  def perturb_leaf(x, e, scale):
-    if not isinstance(e, LowRank):
-      return x + jnp.asarray(scale, e.dtype) * e
-    if factored:
-      return PerturbedMatrix(x, e.a, e.b, jnp.asarray(scale, e.a.dtype))
-    return x + jnp.asarray(scale, e.a.dtype) * dense_leaf(e)
+  def perturb_leaf(x, e, scale, bits):
+    if isinstance(e, LowRank) and factored:
+      return PerturbedMatrix(x, e.a, e.b, jnp.asarray(scale, jnp.float32))
+    return add_scaled(x, dense_leaf(e), scale, bits)
 
-  def perturb(theta, eps, scale):
-    return jax.tree_util.tree_map(lambda x, e: perturb_leaf(x, e, scale), theta, eps,
-                                  is_leaf=lambda e: isinstance(e, LowRank))
+  def perturb(theta, eps, scale, key=None):
+    return _perturb_leaves(perturb_leaf, theta, eps, scale, key)
 
   def combine_leaf(coeffs, e):
     if not isinstance(e, LowRank):

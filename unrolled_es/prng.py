@@ -70,18 +70,18 @@ def standard_normal(key, size: int):
   return jnp.float32(math.sqrt(2.0)) * jax.lax.erf_inv(u)
 
 
-def draw_blocks(key, shapes_dtypes):
-  """Standard normals for several tensors from one key: one Threefry stream, cut into disjoint blocks.
+def draw_blocks(key, shapes):
+  """float32 standard normals for several tensors from one key: one Threefry stream, cut into disjoint blocks.
 
   Threefry is counter-based, so blocks at different counters are independent: no two tensors share noise
   (the mistake of reusing one seed per tensor). One draw per particle rather than one per tensor keeps the
   compiled program small: the hash is emitted once, not once per leaf.
   """
-  sizes = [math.prod(shape) for shape, _ in shapes_dtypes]
+  sizes = [math.prod(shape) for shape in shapes]
   flat = standard_normal(key, sum(sizes))
   out, start = [], 0
-  for (shape, dtype), size in zip(shapes_dtypes, sizes):
-    out.append(flat[start:start + size].reshape(shape).astype(dtype))
+  for shape, size in zip(shapes, sizes):
+    out.append(flat[start:start + size].reshape(shape))
     start += size
   return out
 

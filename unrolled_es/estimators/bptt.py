@@ -6,18 +6,20 @@ init(key, θ), which is differentiated through. full_bptt: ∇θ of the mean los
 it does not explode). Both average over `num_particles` independent inner problems and leave out particles
 whose losses or gradients are not finite.
 """
-from unrolled_es.estimator import GradientEstimator, build, make_config
-from unrolled_es.system import check_system
+from unrolled_es.engine import autodiff_estimator
+from unrolled_es.estimator import GradientEstimator
+from unrolled_es.estimators.registry import register
 
 
-def truncated_bptt(system, *, truncation_length, num_particles=1, stagger=True,
+@register("truncated_bptt")
+def truncated_bptt(system, *, truncation_length, num_particles=1, stagger=True, mask=None,
                    mesh=None) -> GradientEstimator:
-  cfg = make_config(system, num_particles=num_particles, truncation_length=truncation_length, stagger=stagger,
-                    mesh=mesh)
-  return build(system, cfg)
+  """Truncated BPTT: autodiff through one window from a fixed starting state (biased)."""
+  return autodiff_estimator(system, num_particles=num_particles, truncation_length=truncation_length,
+                            stagger=stagger, mask=mask, mesh=mesh)
 
 
-def full_bptt(system, *, num_particles=1, mesh=None) -> GradientEstimator:
-  cfg = make_config(check_system(system), num_particles=num_particles, truncation_length=system.horizon,
-                    mesh=mesh)
-  return build(system, cfg._replace(fresh_episodes=True))
+@register("full_bptt")
+def full_bptt(system, *, num_particles=1, mask=None, mesh=None) -> GradientEstimator:
+  """Full BPTT: autodiff through whole episodes (exact; may explode on long or chaotic unrolls)."""
+  return autodiff_estimator(system, whole_episodes=True, num_particles=num_particles, mask=mask, mesh=mesh)

@@ -4,11 +4,17 @@
 
 unbiased for the gradient of the Gaussian-smoothed episode loss, at T inner steps of latency per estimate.
 """
-from unrolled_es.estimator import GradientEstimator, build, make_config
-from unrolled_es.system import check_system
+from unrolled_es import rules
+from unrolled_es.engine import es_estimator
+from unrolled_es.estimator import GradientEstimator
+from unrolled_es.estimators.registry import register
+
+# One draw per episode weights its losses, and every call is a whole new episode.
+RULE = rules.Rule(redraw=rules.never, weighting=rules.CURRENT_DRAW, whole_episodes=True)
 
 
-def full_es(system, *, num_particles, sigma, antithetic=True, noise=None, mesh=None) -> GradientEstimator:
-  cfg = make_config(check_system(system), num_particles=num_particles, truncation_length=system.horizon,
-                    sigma=sigma, noise=noise, antithetic=antithetic, mesh=mesh)
-  return build(system, cfg._replace(windows_per_draw=None, fresh_episodes=True))
+@register("full_es")
+def full_es(system, *, num_particles, sigma, antithetic=True, noise=None, mask=None, mesh=None) -> GradientEstimator:
+  """Full ES: whole episodes per call (unbiased for the smoothed episode loss; T steps of latency)."""
+  return es_estimator(system, RULE._replace(pairing=rules.pairing_for(antithetic)), num_particles=num_particles,
+                      sigma=sigma, noise=noise, mask=mask, mesh=mesh)

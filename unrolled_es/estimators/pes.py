@@ -9,33 +9,49 @@ unbiased for the gradient of the window's mean loss through the whole episode so
 grows with the number of windows unrolled); k ≥ T never redraws within an episode and is ES-Single/NRES.
 A reset inside a window weights the losses after it by the new draw only, and ξ restarts from that draw.
 """
-from unrolled_es.estimator import GradientEstimator, build, make_config
-from unrolled_es.system import check_int
+from unrolled_es import rules
+from unrolled_es.engine import es_estimator
+from unrolled_es.estimator import GradientEstimator
+from unrolled_es.estimators.registry import register
+from unrolled_es.system import check_int, check_system
 
 
+def rule(windows_per_draw: int | None) -> rules.Rule:
+  """The sum ξ of the episode's draws weights the losses; a new draw every `windows_per_draw` windows (None: once
+  per episode, which makes ξ the one draw: ES-Single)."""
+  if windows_per_draw is None:
+    return rules.Rule(redraw=rules.never, weighting=rules.CURRENT_DRAW)
+  return rules.Rule(redraw=rules.every(windows_per_draw), weighting=rules.EPISODE_SUM)
+
+
+def _windows_per_draw(resample_every, k, horizon):
+  if resample_every is None:
+    return None
+  resample_every = check_int("resample_every", resample_every, k)
+  if resample_every < horizon and resample_every % k:
+    raise ValueError(f"resample_every must be a multiple of truncation_length ({k}), >= horizon ({horizon}), "
+                     f"or None; got {resample_every}")
+  return None if resample_every >= horizon else resample_every // k
+
+
+@register("generalized_pes")
 def generalized_pes(system, *, num_particles, sigma, truncation_length, resample_every=None,
-                    antithetic=True, stagger=True, noise=None, mesh=None) -> GradientEstimator:
+                    antithetic=True, stagger=True, noise=None, mask=None, mesh=None) -> GradientEstimator:
   """GPES-k: noise redrawn every `resample_every` inner steps (None: once per episode) and accumulated.
 
   resample_every: a multiple of truncation_length, or ≥ horizon (then the same as None: ES-Single).
   """
-  cfg = make_config(system, num_particles=num_particles, truncation_length=truncation_length, sigma=sigma,
-                    noise=noise, antithetic=antithetic, stagger=stagger, mesh=mesh)
-  k, horizon = cfg.truncation_length, system.horizon
-  if resample_every is not None:
-    resample_every = check_int("resample_every", resample_every, k)
-    if resample_every < horizon and resample_every % k:
-      raise ValueError(f"resample_every must be a multiple of truncation_length ({k}), >= horizon ({horizon}), "
-                       f"or None; got {resample_every}")
-    if resample_every >= horizon:
-      resample_every = None
-  per_draw = None if resample_every is None else resample_every // k
-  return build(system, cfg._replace(windows_per_draw=per_draw, accumulate=per_draw is not None))
+  check_system(system)
+  k = check_int("truncation_length", truncation_length, 1, system.horizon)
+  r = rule(_windows_per_draw(resample_every, k, system.horizon))
+  return es_estimator(system, r._replace(pairing=rules.pairing_for(antithetic)), num_particles=num_particles,
+                      sigma=sigma, truncation_length=k, stagger=stagger, noise=noise, mask=mask, mesh=mesh)
 
 
+@register("pes")
 def pes(system, *, num_particles, sigma, truncation_length, antithetic=True, stagger=True,
-        noise=None, mesh=None) -> GradientEstimator:
+        noise=None, mask=None, mesh=None) -> GradientEstimator:
   """PES: a fresh draw every window, weighted by the running sum of the episode's draws."""
   return generalized_pes(system, num_particles=num_particles, sigma=sigma, truncation_length=truncation_length,
                          resample_every=truncation_length, antithetic=antithetic, stagger=stagger, noise=noise,
-                         mesh=mesh)
+                         mask=mask, mesh=mesh)

@@ -1,0 +1,73 @@
+"""From a window's losses to the gradient estimate: per-particle coefficients, then one weighted sum per draw.
+
+With Δ_ij the loss difference of particle i at slot j (the rule's pairing) and n the particles whose losses
+were all finite,
+
+    c_i^pre  = 1/(σ n K) Σ_{j before i's reset} Δ_ij,     c_i^post = 1/(σ n K) Σ_{j from the reset on} Δ_ij,
+    ĝ = Σ_i c_i^pre w_i + Σ_i c_i^post ε_i^post,
+
+w_i the rule's weighting (ε_i, or ξ_i) and ε_i^post the new episode's draw. Both sums are `noise.combine`: a
+tensordot for dense draws, one GEMM per matrix for low-rank ones. Everything is float32; the result is cast to
+θ's dtypes at the very end.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from unrolled_es.masks import apply_mask
+
+
+class Coefficients(NamedTuple):
+  pre: jax.Array    # [N] weight of the draw before the reset
+  post: jax.Array   # [N] weight of the new episode's draw
+
+
+def finite_particles(losses, grads=None):
+  """[N] bool: all of the particle's losses (and autodiff gradients, if given) are finite."""
+  valid = jnp.all(jnp.isfinite(losses), axis=tuple(range(1, losses.ndim)))
+  for g in jax.tree_util.tree_leaves(grads):
+    valid &= jnp.all(jnp.isfinite(g), axis=tuple(range(1, g.ndim)))
+  return valid
+
+
+def coefficients(differences, after_reset, valid, sigma: float, truncation_length: int) -> Coefficients:
+  """Each particle's summed loss differences before and after its reset, scaled by 1/(σ n K)."""
+  denom = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+  scale = 1.0 / (sigma * denom * truncation_length)
+  pre = jnp.sum(jnp.where(after_reset, 0.0, differences), axis=1) * scale
+  post = jnp.sum(jnp.where(after_reset, differences, 0.0), axis=1) * scale
+  return Coefficients(pre, post)
+
+
+def combine(noise, c: Coefficients, weight_pre, eps_post, theta):
+  """ĝ = Σ_i c_i^pre w_i + Σ_i c_i^post ε_i^post, in θ's structure and dtypes."""
+  g = jax.tree_util.tree_map(jnp.add, noise.combine(c.pre, weight_pre), noise.combine(c.post, eps_post))
+  return cast_like(g, theta)
+
+
+def mean_gradient(grads, valid, theta, mask=None):
+  """The mean of the valid particles' autodiff gradients [N, θ] (BPTT), zero outside `mask`."""
+  coeff = jnp.where(valid, 1.0, 0.0) / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+  def leaf(g):
+    keep = jnp.reshape(valid, valid.shape + (1,) * (g.ndim - 1))
+    return jnp.tensordot(coeff, jnp.where(keep, g, 0).astype(jnp.float32), axes=1)
+  return cast_like(apply_mask(jax.tree_util.tree_map(leaf, grads), mask), theta)
+
+
+def cast_like(tree, theta):
+  return jax.tree_util.tree_map(lambda g, x: g.astype(jnp.result_type(x)), tree, theta)
+
+
+def info(losses, valid, resets, num_particles: int, members: int, truncation_length: int) -> dict:
+  """The scalars every estimate reports."""
+  n_valid = jnp.sum(valid)
+  per_member = jnp.mean(losses, axis=2)
+  member_loss = jnp.sum(jnp.where(valid[:, None], per_member, 0.0), axis=0) / n_valid  # NaN when nothing was finite
+  return {"loss": jnp.mean(member_loss),
+          "member_loss": member_loss,
+          "num_nonfinite": (num_particles - n_valid).astype(jnp.int32),
+          "num_valid": n_valid.astype(jnp.int32),
+          "resets": jnp.sum(resets).astype(jnp.int32),
+          "inner_steps": jnp.asarray(num_particles * members * truncation_length, jnp.int32),
+          "sequential_inner_steps": jnp.asarray(truncation_length, jnp.int32)}
