@@ -11,7 +11,9 @@ SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 4, jax.devices()
     system, key = matrix_system(7), jax.random.PRNGKey(0)
     mesh = ue.particle_mesh()
+    mask = {"W": np.arange(12).reshape(4, 3) % 3 != 1, "b": np.array([True, False, True])}
     for name, kw in [("pes", dict(sigma=0.1)), ("es_single", dict(sigma=0.1, noise=ue.low_rank(1, factored=True))),
+                     ("es_single", dict(sigma=0.1, noise=ue.low_rank(1, factored=True), mask=mask)),
                      ("truncated_bptt", {})]:
       out = {}
       for m in (None, mesh):
@@ -25,6 +27,9 @@ SCRIPT = textwrap.dedent("""
           assert len(state.t.sharding.device_set) == 4, state.t.sharding
       for a, b in zip(jax.tree_util.tree_leaves(out[True]), jax.tree_util.tree_leaves(out[False])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      if "mask" in kw:   # masked coordinates are exactly zero on the mesh too
+        for g, m in zip(jax.tree_util.tree_leaves(out[False][0]), jax.tree_util.tree_leaves(mask)):
+          assert np.all(np.asarray(g)[~m] == 0) and np.all(np.asarray(g)[m] != 0)
     try:
       ue.pes(system, num_particles=6, sigma=0.1, truncation_length=3, mesh=mesh)
       raise SystemExit("expected a ValueError for 6 particles on 4 devices")
