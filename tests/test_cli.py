@@ -242,3 +242,33 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
   assert last(killed)[0] == last(full)[0] == 400
   assert [r.tobytes() for r in ckpt._read(last(killed)[1])[1]] == [r.tobytes() for r in ckpt._read(last(full)[1])[1]]
   assert records(killed) == records(full)
+
+
+def test_factored_low_rank_noise_on_a_device_mesh_runs_and_resumes(tmp_path, capsys):
+  base = ["train", "--task", "rnn_char", "--task-arg", "horizon=8", "--task-arg", "hidden=3", "--estimator",
+          "es_single", "--particles", "4", "--truncation", "4", "--sigma", "0.01", "--lr", "1e-2", "--noise",
+          "low_rank", "--rank", "1", "--factored", "--devices", "all", "--no-progress", "--no-report",
+          "--checkpoint-every", "2", "--eval-every", "2"]
+  full, part = tmp_path / "full", tmp_path / "part"
+  assert cli.main(base + ["--steps", "4", "--out", str(full)]) == 0
+  assert cli.main(base + ["--steps", "2", "--out", str(part)]) == 0
+  saved = json.load(open(part / "config.json"))
+  assert (saved["noise"], saved["rank"], saved["factored"], saved["devices"]) == ("low_rank", 1, True, "all")
+  assert cli.main(["train", "--out", str(part), "--resume", "--steps", "4", "--no-progress", "--no-report"]) == 0
+  assert records(part) == records(full)
+  capsys.readouterr()
+  assert cli.main(["train", "--out", str(part), "--resume", "--no-factored", "--no-progress"]) == 2
+  assert "--factored True, not False" in error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--noise", "gaussian", "--rank", "2"], "--rank applies to --noise low_rank, not gaussian"),
+    (["--devices", "0"], "--devices: expected 'all' or a positive integer, got '0'"),
+    (["--devices", "64"], "--devices 64: only 1 device(s) available"),
+    (["--noise", "uniform"], "invalid choice: 'uniform'"),
+])
+def test_bad_noise_and_device_flags_are_one_line_exit_2(tmp_path, capsys, argv, message):
+  base = ["train", "--task", "influence_balancing", "--task-arg", "horizon=20", "--estimator", "pes", "--particles",
+          "4", "--truncation", "5", "--steps", "1", "--out", str(tmp_path), "--no-progress"]
+  assert cli.main(base + argv) == 2
+  assert message in error_line(capsys)

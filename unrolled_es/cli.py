@@ -20,8 +20,9 @@ import sys
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 # Options that change the computation: a resumed run must agree on them (steps etc. may grow).
-FINGERPRINTED = ("task", "task_args", "estimator", "estimator_args", "particles", "sigma", "truncation", "rank",
-                 "lr", "optimizer", "seed", "antithetic", "stagger")
+FINGERPRINTED = ("task", "task_args", "estimator", "estimator_args", "particles", "sigma", "truncation", "noise",
+                 "rank", "factored", "devices", "lr", "optimizer", "seed", "antithetic", "stagger")
+NOISES = ("gaussian", "low_rank")
 RUN_FILES = ("config.json", "metrics.jsonl", "meta_loss.png", "checkpoints")
 _FLAG = {k: "--" + k.replace("_args", "-arg") for k in FINGERPRINTED}  # e.g. task_args -> --task-arg
 
@@ -66,6 +67,18 @@ def _number(kind, low, inclusive):
   return parse
 
 
+def _devices(text):
+  if text == "all":
+    return text
+  try:
+    n = int(text)
+  except ValueError:
+    n = 0
+  if n < 1:
+    raise argparse.ArgumentTypeError(f"expected 'all' or a positive integer, got {text!r}")
+  return n
+
+
 def _assignment(text):
   name, sep, value = text.partition("=")
   if not sep or not name.strip().isidentifier():
@@ -95,8 +108,13 @@ def make_parser() -> argparse.ArgumentParser:
   t.add_argument("--particles", type=pos_int, help="number of particles N")
   t.add_argument("--sigma", type=pos_float, help="perturbation scale σ")
   t.add_argument("--truncation", type=pos_int, help="truncation length K (inner steps per update)")
-  t.add_argument("--rank", type=pos_int, help="low-rank noise of this rank for matrix leaves (EGGROLL); "
-                 "default full-rank Gaussian")
+  t.add_argument("--noise", choices=NOISES, help="perturbation noise: full-rank gaussian (default) or low_rank "
+                 "A Bᵀ perturbations of matrix leaves (EGGROLL)")
+  t.add_argument("--rank", type=pos_int, help="rank of --noise low_rank (default 1; alone, it implies low_rank)")
+  t.add_argument("--factored", action=argparse.BooleanOptionalAction, default=None,
+                 help="apply matrix perturbations in factors, xW + σ(xε), through ue.linear / ue.haiku_apply "
+                 "layers, without forming a matrix per particle (the fast path)")
+  t.add_argument("--devices", type=_devices, help="split particles over a mesh of 'all' devices or the first N")
   t.add_argument("--lr", type=pos_float, help="outer learning rate")
   t.add_argument("--optimizer", choices=OPTIMIZERS, help="outer optimizer")
   t.add_argument("--steps", type=pos_int, help="outer steps")
@@ -200,11 +218,13 @@ def _build_estimator(cfg, task, ctor):
   kw = {"num_particles": cfg["particles"], "sigma": cfg["sigma"], "truncation_length": cfg["truncation"],
         "antithetic": cfg.get("antithetic"), "stagger": cfg.get("stagger")}
   kw = {k: v for k, v in kw.items() if v is not None and k in params}
-  if cfg.get("rank") is not None:
-    if "noise" not in params:
-      raise UsageError(f"estimator {cfg['estimator']!r} takes no noise, so --rank does not apply")
-    import unrolled_es
-    kw["noise"] = unrolled_es.low_rank(cfg["rank"])
+  noise = _build_noise(cfg, "noise" in params)
+  if noise is not None:
+    kw["noise"] = noise
+  if cfg.get("devices") is not None:
+    kw["mesh"] = _build_mesh(cfg["devices"], "mesh" in params, cfg["estimator"])
+  if getattr(task, "mask", None) is not None and "mask" in params:
+    kw["mask"] = task.mask
   unknown = [k for k in cfg["estimator_args"] if k not in params and not open_kw]
   if unknown:
     takes = ", ".join(k for k in params if k != "system")
@@ -214,6 +234,36 @@ def _build_estimator(cfg, task, ctor):
     return ctor(task.system, **kw)
   except (ValueError, TypeError) as e:
     raise UsageError(f"estimator {cfg['estimator']!r}: {e}") from None
+
+
+def _build_noise(cfg, takes_noise):
+  """The noise named by --noise/--rank/--factored (None: the estimator's default, full-rank Gaussian)."""
+  import unrolled_es
+  name, rank, factored = cfg.get("noise"), cfg.get("rank"), cfg.get("factored")
+  if name is None and rank is not None:
+    name = cfg["noise"] = "low_rank"
+  if name is None and not factored:
+    return None
+  if not takes_noise:
+    flag = "--rank" if rank is not None else "--factored" if factored else "--noise"
+    raise UsageError(f"estimator {cfg['estimator']!r} takes no noise, so {flag} does not apply")
+  if name == "gaussian" or name is None:
+    if rank is not None:
+      raise UsageError(f"--rank applies to --noise low_rank, not {name or 'gaussian'}")
+    return unrolled_es.gaussian(factored=bool(factored))
+  return unrolled_es.low_rank(1 if rank is None else rank, factored=bool(factored))
+
+
+def _build_mesh(devices, takes_mesh, estimator):
+  import jax
+
+  import unrolled_es
+  if not takes_mesh:
+    raise UsageError(f"estimator {estimator!r} cannot split its particles over devices")
+  available = jax.devices()
+  if devices != "all" and devices > len(available):
+    raise UsageError(f"--devices {devices}: only {len(available)} device(s) available ({available[0].platform})")
+  return unrolled_es.particle_mesh(available if devices == "all" else available[:devices])
 
 
 def _notes_for_ignored(args, cfg, ctor):
@@ -269,7 +319,8 @@ def _train(train, estimator, optimizer, task, cfg, out, resume, sequential, prog
                  checkpoint_dir=os.path.join(out, "checkpoints"), checkpoint_every=cfg["checkpoint_every"],
                  resume=resume, config={k: cfg.get(k) for k in FINGERPRINTED},
                  metrics_path=os.path.join(out, "metrics.jsonl"), sequential_steps_per_update=sequential,
-                 progress=progress, progress_desc=f"{cfg['task']}/{cfg['estimator']}")
+                 progress=progress, progress_desc=f"{cfg['task']}/{cfg['estimator']}",
+                 after_update=getattr(task, "after_update", None))
   except CheckpointError as e:
     raise UsageError(f"{e}; pass --overwrite to start over") from None
   except ValueError as e:  # the library's argument checks, e.g. a theta the estimator cannot perturb
@@ -277,6 +328,42 @@ def _train(train, estimator, optimizer, task, cfg, out, resume, sequential, prog
   except KeyboardInterrupt:
     print(f"unrolled-es: interrupted; progress is checkpointed in {out}, continue with --resume", file=sys.stderr)
     return None
+
+
+def _prepare_out(args):
+  """The run folder, and the saved configuration when resuming (None for a new run)."""
+  out = args.out or os.path.join("runs", f"{args.task}_{args.estimator}")
+  if args.out is None and (args.task is None or args.estimator is None):
+    raise UsageError("pass --out (the run folder), or --task and --estimator for the default runs/<task>_<estimator>")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UsageError(f"--out {out} is a file, not a folder")
+  if not _holds_run(out):
+    if args.resume:
+      print(f"unrolled-es: note: nothing to resume in {out}; starting a new run", file=sys.stderr)
+    return out, None
+  if not (args.resume or args.overwrite):
+    raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+  if args.overwrite:
+    for f in RUN_FILES:
+      path = os.path.join(out, f)
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path) if os.path.exists(path) else None
+    return out, None
+  saved = _read_saved_config(out)
+  _check_same_run(out, saved, _explicit(args))
+  return out, {k: saved[k] for k in FINGERPRINTED + ("steps", "eval_every", "checkpoint_every", "log_every")
+               if k in saved}
+
+
+def _configure(args, saved):
+  """(config, task, estimator, optimizer) from the command line, the saved run and the task's settings."""
+  cfg, ctor = _resolve(args, saved)
+  try:
+    task = build_task(cfg["task"], **cfg["task_args"])
+  except (TypeError, ValueError) as e:
+    raise UsageError(f"task {cfg['task']!r}: {e}") from None
+  cfg = _fill_from_task(cfg, task, ctor)
+  _notes_for_ignored(args, cfg, ctor)
+  return cfg, task, _build_estimator(cfg, task, ctor), make_optimizer(cfg["optimizer"], cfg["lr"])
 
 
 def cmd_train(args) -> int:
@@ -287,37 +374,8 @@ def cmd_train(args) -> int:
 
   from unrolled_es.train import train
 
-  out = args.out or os.path.join("runs", f"{args.task}_{args.estimator}")
-  if args.out is None and (args.task is None or args.estimator is None):
-    raise UsageError("pass --out (the run folder), or --task and --estimator for the default runs/<task>_<estimator>")
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise UsageError(f"--out {out} is a file, not a folder")
-  saved = None
-  if _holds_run(out):
-    if not (args.resume or args.overwrite):
-      raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if args.overwrite:
-      for f in RUN_FILES:
-        path = os.path.join(out, f)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path) if os.path.exists(path) else None
-    else:
-      saved = _read_saved_config(out)
-      _check_same_run(out, saved, _explicit(args))
-      saved = {k: saved[k] for k in FINGERPRINTED + ("steps", "eval_every", "checkpoint_every", "log_every")
-               if k in saved}
-  elif args.resume:
-    print(f"unrolled-es: note: nothing to resume in {out}; starting a new run", file=sys.stderr)
-
-  cfg, ctor = _resolve(args, saved)
-  try:
-    task = build_task(cfg["task"], **cfg["task_args"])
-  except (TypeError, ValueError) as e:
-    raise UsageError(f"task {cfg['task']!r}: {e}") from None
-  cfg = _fill_from_task(cfg, task, ctor)
-  _notes_for_ignored(args, cfg, ctor)
-  estimator = _build_estimator(cfg, task, ctor)
-  optimizer = make_optimizer(cfg["optimizer"], cfg["lr"])
-
+  out, saved = _prepare_out(args)
+  cfg, task, estimator, optimizer = _configure(args, saved)
   os.makedirs(out, exist_ok=True)
   versions = {"jax": jax.__version__, "optax": optax.__version__}
   _write_json(os.path.join(out, "config.json"), dict(cfg, versions=versions))
@@ -328,16 +386,20 @@ def cmd_train(args) -> int:
     result = _train(train, estimator, optimizer, task, cfg, out, saved is not None, sequential, args.progress)
   if result is None:
     return 130
+  _finish(cfg, task, result, out, args.report)
+  return 0
 
+
+def _finish(cfg, task, result, out, report):
+  """The plot, the task's report and the one-line summary at the end of a run."""
   plot_metrics(result.metrics, os.path.join(out, "meta_loss.png"), f"{cfg['task']} / {cfg['estimator']}")
-  if args.report:
+  if report:
     run_report(cfg["task"], task, result.theta, out)
   last = next((r for r in reversed(result.metrics) if r.get("eval_meta_loss") is not None), {})
   done = result.metrics[-1] if result.metrics else {}
   print(f"done: {result.step} outer steps, {done.get('total_inner_steps', 0)} total inner steps "
         f"({done.get('sequential_inner_steps', 0)} sequential), {result.num_skipped} skipped updates, "
         f"final meta_loss {_fmt(last.get('eval_meta_loss'))}; results in {out}")
-  return 0
 
 
 def cmd_list() -> int:

@@ -51,23 +51,27 @@ def _norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def make_outer_step(estimator, optimizer):
+def make_outer_step(estimator, optimizer, after_update=None):
   """The jitted outer step `(theta, opt_state, est_state, key, step) -> (theta, opt_state, est_state, info)`.
 
-  `info` is the estimator's info plus "skipped" (the update was not applied) and "grad_norm". The same
-  (estimator, optimizer) pair gets the same jitted function, so a resumed or repeated run does not recompile.
+  `info` is the estimator's info plus "skipped" (the update was not applied) and "grad_norm". `after_update(theta,
+  est_state) -> theta`, if given, runs after the optimizer's update (e.g. merging observation statistics that the
+  particles gathered into θ's masked part): outside the estimate, which stays pure. The same (estimator,
+  optimizer, after_update) gets the same jitted function, so a resumed or repeated run does not recompile.
   """
   try:
-    return _cached_outer_step(estimator, optimizer)
+    return _cached_outer_step(estimator, optimizer, after_update)
   except TypeError:  # unhashable estimator or optimizer
-    return _outer_step(estimator, optimizer)
+    return _outer_step(estimator, optimizer, after_update)
 
 
-def _outer_step(estimator, optimizer):
+def _outer_step(estimator, optimizer, after_update=None):
   def outer_step(theta, opt_state, est_state, key, step):
     grad, est_state, info = estimator.estimate(jax.random.fold_in(key, step), theta, est_state)
     updates, new_opt_state = optimizer.update(grad, opt_state, theta)
     new_theta = optax.apply_updates(theta, updates)
+    if after_update is not None:
+      new_theta = after_update(new_theta, est_state)
     ok = jnp.logical_and(_all_finite(grad), _all_finite(new_theta))
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
     info = dict(info, skipped=jnp.logical_not(ok), grad_norm=_norm(grad))
@@ -124,8 +128,8 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
           evaluate: Callable | None = None, eval_every: int = 100, log_every: int = 1,
           checkpoint_dir: str | None = None, checkpoint_every: int = 100, keep_checkpoints: int = 2,
           resume: bool = False, config: dict | None = None, metrics_path: str | None = None,
-          sequential_steps_per_update: int | None = None,
-          callback: Callable | None = None, progress: bool = True, progress_desc: str = "train") -> TrainResult:
+          sequential_steps_per_update: int | None = None, callback: Callable | None = None,
+          progress: bool = True, progress_desc: str = "train", after_update: Callable | None = None) -> TrainResult:
   """Runs `steps` outer steps of `optimizer` on the estimator's gradient, starting from `theta`.
 
   estimator:     a GradientEstimator (`init(key, theta)`, `estimate(key, theta, state)`).
@@ -143,24 +147,53 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
   sequential_steps_per_update: inner steps one particle runs per update (e.g. K), used when the estimator's
                  info has no "sequential_inner_steps".
   callback:      `callback(step, theta, record)` after each step; a truthy return stops training early.
+  after_update:  `after_update(theta, est_state) -> theta`, jit-able, applied after each optimizer update
+                 (see make_outer_step).
 
   Records hold: step, loss (the estimator's window loss), total_inner_steps and sequential_inner_steps
   (cumulative), num_nonfinite, skipped, num_skipped, grad_norm, wall_time (seconds, summed over resumes),
   the estimator's other info entries and any eval_* entries.
   """
-  steps = check_int("steps", steps, 0)
-  eval_every = check_int("eval_every", eval_every, 0)
-  log_every = check_int("log_every", log_every, 1)
-  checkpoint_every = check_int("checkpoint_every", checkpoint_every, 0)
-  if resume and checkpoint_dir is None:
-    raise ValueError("resume=True needs a checkpoint_dir")
-
+  steps, eval_every, log_every, checkpoint_every = _check_loop_args(steps, eval_every, log_every, checkpoint_every,
+                                                                    resume, checkpoint_dir)
   init_key, train_key, eval_key = jax.random.split(key, 3)
   fingerprint = ckpt.fingerprint({"config": config or {}, "key": _key_fingerprint(key)})
-  bundle = lambda p: {"theta": p.theta, "opt_state": p.opt_state, "est_state": p.est_state, "key": key}
+  run, metrics = _start(estimator, optimizer, theta, key, init_key, checkpoint_dir, resume, fingerprint)
+  if metrics_path is not None:
+    _write_jsonl(metrics_path, metrics)
+  loop = _Loop(make_outer_step(estimator, optimizer, after_update), jax.jit(evaluate) if evaluate else None,
+               train_key, eval_key, steps, eval_every, log_every, checkpoint_every, sequential_steps_per_update,
+               callback, _Recorder(metrics, metrics_path), _Clock(run.wall, run.total),
+               functools.partial(_save, checkpoint_dir, fingerprint, key, keep_checkpoints, metrics),
+               _progress_bar(progress, steps, run.step, progress_desc))
+  try:
+    run = _run_loop(loop, _evaluate_start(loop, run))
+  finally:
+    if loop.bar is not None:
+      loop.bar.close()
+  del metrics[run.num_records:]
+  return TrainResult(run.theta, run.opt_state, run.est_state, run.step, metrics, run.num_skipped)
 
-  restored = None
+
+def _check_loop_args(steps, eval_every, log_every, checkpoint_every, resume, checkpoint_dir):
+  out = (check_int("steps", steps, 0), check_int("eval_every", eval_every, 0), check_int("log_every", log_every, 1),
+         check_int("checkpoint_every", checkpoint_every, 0))
+  if resume and checkpoint_dir is None:
+    raise ValueError("resume=True needs a checkpoint_dir")
+  return out
+
+
+def burn_in_steps(est_state) -> int:
+  """Inner steps an estimator's `init` spent staggering (summed over the members of a multi_task state)."""
+  if isinstance(est_state, tuple) and not hasattr(est_state, "_fields"):
+    return sum(burn_in_steps(s) for s in est_state)
+  return int(getattr(est_state, "init_steps", 0))
+
+
+def _start(estimator, optimizer, theta, key, init_key, checkpoint_dir, resume, fingerprint):
+  """(progress, logged records): restored from the newest good checkpoint on resume, else a fresh start."""
   existing = checkpoint_dir is not None and os.path.isdir(checkpoint_dir) and ckpt.list_checkpoints(checkpoint_dir)
+  restored = None
   if existing:
     if not resume:
       raise ValueError(f"checkpoint_dir {checkpoint_dir!r} already holds checkpoints; pass resume=True "
@@ -168,87 +201,141 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
     template = jax.eval_shape(lambda: {"theta": theta, "opt_state": optimizer.init(theta),
                                        "est_state": estimator.init(init_key, theta), "key": key})
     restored = ckpt.restore_latest(checkpoint_dir, template, config_fingerprint=fingerprint)
-
-  if restored is not None:
-    tree, start, meta = restored
-    metrics = list(meta["metrics"])
-    c = meta["counters"]
-    run = _Progress(start, tree["theta"], tree["opt_state"], tree["est_state"], c["total"], c["sequential"],
-                    c["num_skipped"], len(metrics), c["wall"])
-    log.info("resumed from step %d of %s", start, checkpoint_dir)
-  else:
-    metrics = []
+  if restored is None:
     est_state = estimator.init(init_key, theta)
-    burn_in = int(getattr(est_state, "init_steps", 0))  # inner steps `init` spent staggering, counted as compute
-    run = _Progress(0, theta, optimizer.init(theta), est_state, burn_in, 0, 0, 0, 0.0)
-  if metrics_path is not None:
-    _write_jsonl(metrics_path, metrics)
+    # inner steps `init` spent staggering count as compute
+    return _Progress(0, theta, optimizer.init(theta), est_state, burn_in_steps(est_state), 0, 0, 0, 0.0), []
+  tree, start, meta = restored
+  c = meta["counters"]
+  log.info("resumed from step %d of %s", start, checkpoint_dir)
+  return (_Progress(start, tree["theta"], tree["opt_state"], tree["est_state"], c["total"], c["sequential"],
+                    c["num_skipped"], len(meta["metrics"]), c["wall"]), list(meta["metrics"]))
 
-  outer_step = make_outer_step(estimator, optimizer)
-  eval_fn = jax.jit(evaluate) if evaluate is not None else None
-  session_start, session_inner = time.perf_counter(), run.total
-  wall0 = run.wall
-  wall = lambda: wall0 + time.perf_counter() - session_start
 
-  def save(p):
-    if checkpoint_dir is None or p.step == 0:
-      return
-    meta = {"metrics": metrics[:p.num_records], "counters": {"total": p.total, "sequential": p.sequential,
-            "num_skipped": p.num_skipped, "wall": p.wall}}
-    ckpt.save(checkpoint_dir, p.step, bundle(p), config_fingerprint=fingerprint, metadata=meta,
-              keep=keep_checkpoints)
+class _Recorder(NamedTuple):
+  """The logged records, in memory and appended to metrics.jsonl as they come."""
+  records: list
+  path: str | None
 
-  def emit(record):
-    metrics.append(record)
-    if metrics_path is not None:
-      with open(metrics_path, "a") as f:
+  def emit(self, record):
+    self.records.append(record)
+    if self.path is not None:
+      with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
-  bar = _progress_bar(progress, steps, run.step, progress_desc)
-  try:
-    if eval_fn is not None and run.step == 0 and not metrics:
-      record = {"step": 0, "total_inner_steps": run.total, "sequential_inner_steps": 0, "wall_time": 0.0}
-      record.update(_scalars(jax.device_get(eval_fn(run.theta, eval_key)), "eval_"))
-      emit(record)
-      run = run._replace(num_records=len(metrics))
 
-    stop, last_eval = False, None
-    while run.step < steps and not stop:
-      n = run.step + 1
-      new_theta, new_opt, new_est, info = outer_step(run.theta, run.opt_state, run.est_state, train_key,
-                                                     jnp.asarray(run.step, jnp.int32))
-      record = _record(n, jax.device_get(info), run, sequential_steps_per_update)
-      skipped, nonfinite, num_skipped = record["skipped"], record["num_nonfinite"], record["num_skipped"]
-      do_eval = eval_fn is not None and (n == steps or (eval_every and n % eval_every == 0))
-      if do_eval:
-        record.update(_scalars(jax.device_get(eval_fn(new_theta, eval_key)), "eval_"))
-      record["wall_time"] = wall()
-      if skipped:
-        log.warning("step %d: non-finite gradient or parameters; update skipped (%d so far)", n, num_skipped)
-      elif nonfinite:
-        log.info("step %d: %d non-finite inner losses", n, nonfinite)
-      logged = n % log_every == 0 or n == steps or do_eval or skipped or nonfinite > 0
-      if logged:
-        emit(record)
-      run = _Progress(n, new_theta, new_opt, new_est, record["total_inner_steps"], record["sequential_inner_steps"],
-                      num_skipped, len(metrics), record["wall_time"])
-      if callback is not None:
-        stop = bool(callback(n, run.theta, record))
-      if bar is not None:
-        bar.update(1)
-        if logged:
-          last_eval = record.get("eval_meta_loss", last_eval)
-          _postfix(bar, record, (run.total - session_inner) / max(time.perf_counter() - session_start, 1e-9), last_eval)
-      if checkpoint_every and n % checkpoint_every == 0 or n == steps or stop:
-        save(run)
-  except KeyboardInterrupt:
-    save(run)
-    raise
-  finally:
-    if bar is not None:
-      bar.close()
-  del metrics[run.num_records:]
-  return TrainResult(run.theta, run.opt_state, run.est_state, run.step, metrics, run.num_skipped)
+class _Clock:
+  """Wall time summed over resumes, and this session's inner steps per second."""
+
+  def __init__(self, wall0, inner0):
+    self.wall0, self.inner0, self.start = wall0, inner0, time.perf_counter()
+
+  def wall(self):
+    return self.wall0 + time.perf_counter() - self.start
+
+  def inner_per_second(self, total):
+    return (total - self.inner0) / max(time.perf_counter() - self.start, 1e-9)
+
+
+class _Loop(NamedTuple):
+  """Everything the loop's stages share."""
+  outer_step: Callable
+  eval_fn: Callable | None
+  train_key: Any
+  eval_key: Any
+  steps: int
+  eval_every: int
+  log_every: int
+  checkpoint_every: int
+  sequential_steps_per_update: int | None
+  callback: Callable | None
+  recorder: _Recorder
+  clock: _Clock
+  save: Callable
+  bar: Any
+
+
+def _save(checkpoint_dir, fingerprint, key, keep, metrics, p):
+  if checkpoint_dir is None or p.step == 0:
+    return
+  meta = {"metrics": metrics[:p.num_records], "counters": {"total": p.total, "sequential": p.sequential,
+          "num_skipped": p.num_skipped, "wall": p.wall}}
+  bundle = {"theta": p.theta, "opt_state": p.opt_state, "est_state": p.est_state, "key": key}
+  ckpt.save(checkpoint_dir, p.step, bundle, config_fingerprint=fingerprint, metadata=meta, keep=keep)
+
+
+def _evaluate_start(loop: _Loop, run: _Progress) -> _Progress:
+  """The evaluation of the starting θ, once per run (not again on resume)."""
+  if loop.eval_fn is None or run.step != 0 or loop.recorder.records:
+    return run
+  record = {"step": 0, "total_inner_steps": run.total, "sequential_inner_steps": 0, "wall_time": 0.0}
+  record.update(_scalars(jax.device_get(loop.eval_fn(run.theta, loop.eval_key)), "eval_"))
+  loop.recorder.emit(record)
+  return run._replace(num_records=len(loop.recorder.records))
+
+
+def _run_loop(loop: _Loop, run: _Progress) -> _Progress:
+  """Outer steps until `steps` or an early stop; an interrupt checkpoints the last completed step first."""
+  try:
+    return _steps(loop, run)
+  except _Interrupted as e:
+    loop.save(e.run)
+    raise KeyboardInterrupt from None
+
+
+class _Interrupted(Exception):
+  def __init__(self, run):
+    self.run = run
+
+
+def _steps(loop: _Loop, run: _Progress) -> _Progress:
+  stop, last_eval = False, None
+  while run.step < loop.steps and not stop:
+    try:
+      run, record, logged = _one_step(loop, run)
+    except KeyboardInterrupt:
+      raise _Interrupted(run) from None
+    try:
+      stop, last_eval = _after_step(loop, run, record, logged, last_eval)
+    except KeyboardInterrupt:
+      raise _Interrupted(run) from None
+  return run
+
+
+def _after_step(loop: _Loop, run: _Progress, record, logged, last_eval):
+  """The callback, the progress bar and the checkpoint after a step. Returns (stop early, last meta-loss)."""
+  stop = bool(loop.callback(run.step, run.theta, record)) if loop.callback is not None else False
+  if loop.bar is not None:
+    loop.bar.update(1)
+    if logged:
+      last_eval = record.get("eval_meta_loss", last_eval)
+      _postfix(loop.bar, record, loop.clock.inner_per_second(run.total), last_eval)
+  if loop.checkpoint_every and run.step % loop.checkpoint_every == 0 or run.step == loop.steps or stop:
+    loop.save(run)
+  return stop, last_eval
+
+
+def _one_step(loop: _Loop, run: _Progress):
+  """One outer step, its record (evaluated when due), logged when due. Returns (progress, record, logged)."""
+  n = run.step + 1
+  new_theta, new_opt, new_est, info = loop.outer_step(run.theta, run.opt_state, run.est_state, loop.train_key,
+                                                      jnp.asarray(run.step, jnp.int32))
+  record = _record(n, jax.device_get(info), run, loop.sequential_steps_per_update)
+  do_eval = loop.eval_fn is not None and (n == loop.steps or (loop.eval_every and n % loop.eval_every == 0))
+  if do_eval:
+    record.update(_scalars(jax.device_get(loop.eval_fn(new_theta, loop.eval_key)), "eval_"))
+  record["wall_time"] = loop.clock.wall()
+  skipped, nonfinite = record["skipped"], record["num_nonfinite"]
+  if skipped:
+    log.warning("step %d: non-finite gradient or parameters; update skipped (%d so far)", n, record["num_skipped"])
+  elif nonfinite:
+    log.info("step %d: %d non-finite inner losses", n, nonfinite)
+  logged = n % loop.log_every == 0 or n == loop.steps or do_eval or skipped or nonfinite > 0
+  if logged:
+    loop.recorder.emit(record)
+  run = _Progress(n, new_theta, new_opt, new_est, record["total_inner_steps"], record["sequential_inner_steps"],
+                  record["num_skipped"], len(loop.recorder.records), record["wall_time"])
+  return run, record, logged
 
 
 def _record(n, info, run, sequential_steps_per_update):
