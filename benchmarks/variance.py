@@ -21,8 +21,8 @@ Figures, each over R independent repeats ĝ_r of an estimator with N particles:
   bias_sq   ‖ḡ − g‖²/‖g‖², to compare with variance/R, its value for an unbiased estimator.
 All configurations of a study use the same seed (common random numbers), so curves are paired across T/K; under
 this protocol ES-Single's episode estimate equals full ES's on the same draw, so with deterministic data its
-curve is flat to the last bit. An antithetic estimate with m·N particles is exactly the mean of m independent N-particle estimates, so the
-figures against N come from averaging groups of m repeats (`by_particles`).
+curve is flat to the last bit. The figures against N (`by_particles`) come from separate runs of the estimator
+built with each number of particles, on their own seeds.
 """
 import argparse
 import json
@@ -43,12 +43,16 @@ COLORS = {"pes": "C0", "es_single": "C1", "truncated_es": "C2", "truncated_bptt"
 
 
 def study(task, scenarios, sigma, particles, repeats, ladder, horizon, estimators, baseline_ladder=(),
-          baselines=(), truth_keys=1, sigmas=(), low_ranks=(), sweep_scenario=None, sweep_k_over=10, **kw):
-  """One task's configuration: `estimators` on the whole T/K ladder, `baselines` on `baseline_ladder`."""
+          baselines=(), truth_keys=1, sigmas=(), low_ranks=(), sweep_scenario=None, sweep_k_over=10,
+          particle_counts=(), particle_k_overs=None, **kw):
+  """One task's configuration: `estimators` on the whole T/K ladder, `baselines` on `baseline_ladder`; PES and
+  ES-Single also with each of `particle_counts` particles at `particle_k_overs` (default: the sweep's T/K and the
+  ladder's last), in the sweep's scenario (or the only one)."""
   return dict(task=task, scenarios=scenarios, sigma=sigma, particles=particles, repeats=repeats, ladder=ladder,
               horizon=horizon, estimators=estimators, baseline_ladder=baseline_ladder, baselines=baselines,
               truth_keys=truth_keys, sigmas=sigmas, low_ranks=low_ranks, sweep_scenario=sweep_scenario,
-              sweep_k_over=sweep_k_over, task_kwargs=kw)
+              sweep_k_over=sweep_k_over, particle_counts=particle_counts,
+              particle_k_overs=particle_k_overs or (sweep_k_over, ladder[-1]), task_kwargs=kw)
 
 
 LADDER = (1, 2, 5, 10, 20, 50, 100)
@@ -60,18 +64,19 @@ PRESETS = {
         study(**LSTM, scenarios=("repeat", "real", "random"), particles=16, repeats=64, ladder=LADDER,
               estimators=("pes", "es_single", "full_es"), baselines=("truncated_es", "truncated_bptt"),
               baseline_ladder=(10, 100), truth_keys=4096, sigmas=(1e-4, 1e-2, 1e-1),
-              low_ranks=(1, 4), sweep_scenario="real"),
+              low_ranks=(1, 4), sweep_scenario="real", particle_counts=(32, 64, 128)),
     ],
     "quick": [
         study("influence_balancing", (None,), sigma=0.1, particles=16, repeats=512, ladder=(1, 10, 100),
               horizon=100, estimators=("pes", "es_single", "full_es"), baselines=("truncated_bptt",),
               baseline_ladder=(10,)),
         study(**LSTM, scenarios=("real",), particles=16, repeats=32, ladder=(1, 100),
-              estimators=("pes", "es_single"), truth_keys=1024),
+              estimators=("pes", "es_single"), truth_keys=1024, sweep_scenario="real", sweep_k_over=100,
+              particle_counts=(32, 64)),
     ],
     "tiny": [
         study("influence_balancing", (None,), sigma=0.1, particles=8, repeats=4096, ladder=(1, 10), horizon=100,
-              estimators=("pes", "es_single")),
+              estimators=("pes", "es_single"), particle_counts=(16,), particle_k_overs=(1, 10)),
     ],
 }
 
@@ -123,14 +128,40 @@ def summarize(samples, g):
           "bias_sq": float(np.sum((mean - g) ** 2) / norm), "repeats": r}
 
 
-def by_particles(samples, g, particles):
-  """Figures with m·N particles (m = 1, 2, 4, ...) from means of m repeats, while at least 8 repeats remain."""
-  out, m = {}, 1
-  while len(samples) // m >= 8:
-    r = len(samples) // m
-    out[str(particles * m)] = summarize(samples[:r * m].reshape(r, m, -1).mean(1), g)
-    m *= 2
-  return out
+def configurations(spec):
+  """(scenario, estimator, T/K, σ, low rank or None, particles) of every run of a study."""
+  n, configs = spec["particles"], []
+  sweep_scen = spec["sweep_scenario"] if spec["sweep_scenario"] is not None else spec["scenarios"][0]
+  for scen in spec["scenarios"]:
+    for name in spec["estimators"]:
+      for k_over in (spec["ladder"][:1] if name == "full_es" else spec["ladder"]):
+        configs.append((scen, name, k_over, spec["sigma"], None, n))
+    for name in spec["baselines"]:
+      configs.extend((scen, name, k_over, spec["sigma"], None, n) for k_over in spec["baseline_ladder"])
+    if scen == spec["sweep_scenario"]:
+      for name in ("pes", "es_single"):
+        configs.extend((scen, name, spec["sweep_k_over"], s, None, n) for s in spec["sigmas"])
+        configs.extend((scen, name, spec["sweep_k_over"], spec["sigma"], r, n) for r in spec["low_ranks"])
+    if scen == sweep_scen:
+      for name in ("pes", "es_single"):
+        configs.extend((scen, name, k_over, spec["sigma"], None, m)
+                       for k_over in spec["particle_k_overs"] for m in spec["particle_counts"])
+  return configs
+
+
+def _store(rec, spec, config, fig):
+  """Files one run's figures in the scenario's record."""
+  _, name, k_over, sigma, rank, particles = config
+  if particles != spec["particles"]:
+    rec["estimators"][name][str(k_over)]["by_particles"][str(particles)] = fig
+  elif rank is not None:
+    rec["low_rank"].setdefault(f"rank{rank}", {})[name] = fig
+  elif sigma != spec["sigma"]:
+    rec["sigma_sweep"].setdefault(name, {})[repr(sigma)] = fig
+  elif name == "full_es":   # independent of K: the same figures at every T/K
+    rec["estimators"][name] = {str(k): dict(fig, independent_of_K=True) for k in spec["ladder"]}
+  else:
+    rec["estimators"].setdefault(name, {})[str(k_over)] = dict(fig, by_particles={str(particles): fig})
 
 
 def run_study(spec, seed, progress):
@@ -142,20 +173,9 @@ def run_study(spec, seed, progress):
   record = {"horizon": t, "sigma": spec["sigma"], "particles": spec["particles"], "repeats": spec["repeats"],
             "truth": "full BPTT" + (f", mean over {spec['truth_keys']} data keys" if spec["truth_keys"] > 1 else ""),
             "scenarios": {}}
-  configs = []
-  for scen in spec["scenarios"]:
-    for name in spec["estimators"]:
-      for k_over in (spec["ladder"][:1] if name == "full_es" else spec["ladder"]):
-        configs.append((scen, name, k_over, spec["sigma"], None))
-    for name in spec["baselines"]:
-      configs.extend((scen, name, k_over, spec["sigma"], None) for k_over in spec["baseline_ladder"])
-    if scen == spec["sweep_scenario"]:
-      for name in ("pes", "es_single"):
-        configs.extend((scen, name, spec["sweep_k_over"], s, None) for s in spec["sigmas"])
-        configs.extend((scen, name, spec["sweep_k_over"], spec["sigma"], r) for r in spec["low_ranks"])
-
   systems = {}
-  for scen, name, k_over, sigma, rank in progress(configs, desc=spec["task"]):
+  for config in progress(configurations(spec), desc=spec["task"]):
+    scen, name, k_over, sigma, rank, particles = config
     if scen not in systems:
       kw = dict(spec["task_kwargs"], horizon=t, **({} if scen is None else {"data": scen}))
       task = tasks.get(spec["task"], **kw)
@@ -165,20 +185,12 @@ def run_study(spec, seed, progress):
                                         "estimators": {}, "sigma_sweep": {}, "low_rank": {}}
     task, g = systems[scen]
     noise = None if rank is None else ue.low_rank(rank)
-    est = make_estimator(name, task.system, sigma, spec["particles"], t // k_over, noise)
+    est = make_estimator(name, task.system, sigma, particles, t // k_over, noise)
     start = time.perf_counter()
-    samples = episode_estimates(est, task.theta0, 1 if name == "full_es" else k_over, spec["repeats"], seed)
-    fig = dict(summarize(samples, g), seconds=round(time.perf_counter() - start, 2))
-    fig["by_particles"] = by_particles(samples, g, spec["particles"])
-    rec = record["scenarios"][str(scen)]
-    if rank is not None:
-      rec["low_rank"].setdefault(f"rank{rank}", {})[name] = fig
-    elif sigma != spec["sigma"]:
-      rec["sigma_sweep"].setdefault(name, {})[repr(sigma)] = fig
-    elif name == "full_es":   # independent of K: the same figures at every T/K
-      rec["estimators"][name] = {str(k): dict(fig, independent_of_K=True) for k in spec["ladder"]}
-    else:
-      rec["estimators"].setdefault(name, {})[str(k_over)] = fig
+    run_seed = seed if particles == spec["particles"] else seed + 7919 * particles   # independent of the base run
+    samples = episode_estimates(est, task.theta0, 1 if name == "full_es" else k_over, spec["repeats"], run_seed)
+    fig = dict(summarize(samples, g), seconds=round(time.perf_counter() - start, 2), particles=particles)
+    _store(record["scenarios"][str(scen)], spec, config, fig)
   return record
 
 
@@ -230,7 +242,7 @@ def plot_sweeps(task, rec, scen, srec, out_dir, plt, suffix):
     axes[0].errorbar([float(v) for v in s], [pts[v]["error"] for v in s], yerr=[pts[v]["error_se"] for v in s],
                      fmt="-o", color=COLORS[name], label=name, capsize=2)
     for k in sorted(srec["estimators"][name], key=int):
-      if k in (k_over, str(max(map(int, srec["estimators"][name])))):
+      if len(srec["estimators"][name][k]["by_particles"]) > 1:
         bp = srec["estimators"][name][k]["by_particles"]
         n = sorted(bp, key=int)
         axes[1].errorbar([int(v) for v in n], [bp[v]["error"] for v in n], yerr=[bp[v]["error_se"] for v in n],
