@@ -1,5 +1,6 @@
 """On a linear system with a quadratic loss, the online ES estimators are exactly unbiased (Gaussian smoothing adds
-only a constant to a quadratic; Vicol et al. 2021, Li et al. 2023), so their mean must match jax.grad through the full unroll within a few standard errors (fixed seeds: never flaky)."""
+only a constant to a quadratic; Vicol et al. 2021, Li et al. 2023), so their mean must match jax.grad through the
+full unroll within a few standard errors (fixed seeds: never flaky)."""
 
 import jax
 import jax.numpy as jnp

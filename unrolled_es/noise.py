@@ -113,16 +113,25 @@ class PerturbedMatrix(NamedTuple):
     x = x.astype(work)
     xe = jnp.matmul(x, self.a.astype(work), precision=precision)
     factor = self.scale.astype(work)
-    if self.b is not None:
-      xe = jnp.matmul(xe, self.b.T.astype(work), precision=precision)
-      factor = factor / jnp.sqrt(jnp.asarray(self.a.shape[-1], work))
-    return factor * xe
+    if self.b is None:
+      return factor * xe
+    rank = self.a.shape[-1]
+    factor = factor / jnp.sqrt(jnp.asarray(rank, work))
+    if rank > _OUTER_PRODUCT_RANK:
+      return factor * jnp.matmul(xe, self.b.T.astype(work), precision=precision)
+    # (xa)bᵀ as r broadcast products rather than a matmul with r-long contractions: elementwise, so XLA fuses it
+    # into whatever consumes the layer's output instead of writing a rows × n product per member to memory.
+    b = self.b.astype(work)
+    return factor * sum(xe[..., k:k + 1] * b[:, k] for k in range(rank))
 
   def apply(self, x):
     """x @ (W + scale·eps) without forming a per-particle matrix, rounded once to the dtype of x @ W."""
     out_dtype = jnp.result_type(x, self.w)
     work = jnp.promote_types(out_dtype, jnp.float32)
     return (jnp.matmul(x, self.w, preferred_element_type=work) + self.correction(x)).astype(out_dtype)
+
+
+_OUTER_PRODUCT_RANK = 4   # up to this rank, PerturbedMatrix.correction forms (xa)bᵀ elementwise
 
 
 def _is_matrix(x):
