@@ -28,6 +28,7 @@ CTRL_COST_WEIGHT = 1e-4
 FORWARD_REWARD_WEIGHT = 1.0
 RESET_NOISE_SCALE = 0.1
 MAX_STEPS = 1000
+DYNAMIC_FIELDS = ("qpos", "qvel", "act", "qacc_warmstart", "time")
 
 
 def _import_mujoco():
@@ -53,6 +54,13 @@ def _model():
   return model, mjx.put_model(model)
 
 
+def dynamic_state(data):
+  """What a MuJoCo step reads from the previous one: everything else in mjx.Data is recomputed from it. Keeping
+  only these arrays (not the whole mjx.Data, whose pytree carries static model objects) keeps the particles' state
+  small and checkpoints portable between processes."""
+  return {name: getattr(data, name) for name in DYNAMIC_FIELDS}
+
+
 def observation(data):
   return jnp.concatenate([data.qpos[2:], data.qvel]).astype(jnp.float32)
 
@@ -69,16 +77,15 @@ def swimmer_v5() -> ControlEnv:
     kpos, kvel = jax.random.split(key)
     noise = lambda k, n: jax.random.uniform(k, (n,), jnp.float32, -RESET_NOISE_SCALE, RESET_NOISE_SCALE)
     data = data0.replace(qpos=qpos0 + noise(kpos, model.nq), qvel=noise(kvel, model.nv))
-    return observation(data), data
+    return observation(data), dynamic_state(data)
 
-  def step(key, data, action):
+  def step(key, state, action):
     del key
-    x_before = data.qpos[0]
-    data = data.replace(ctrl=jnp.asarray(action, data.ctrl.dtype))
+    data = data0.replace(**state, ctrl=jnp.asarray(action, data0.ctrl.dtype))
     data, _ = jax.lax.scan(lambda d, _: (mjx.step(mx, d), None), data, None, length=FRAME_SKIP)
-    x_velocity = (data.qpos[0] - x_before) / dt
+    x_velocity = (data.qpos[0] - state["qpos"][0]) / dt
     reward = FORWARD_REWARD_WEIGHT * x_velocity - CTRL_COST_WEIGHT * jnp.sum(jnp.square(action))
-    return observation(data), data, reward.astype(jnp.float32), jnp.zeros((), bool)
+    return observation(data), dynamic_state(data), reward.astype(jnp.float32), jnp.zeros((), bool)
 
   space = ActionSpace(low=np.asarray(model.actuator_ctrlrange[:, 0], np.float32),
                       high=np.asarray(model.actuator_ctrlrange[:, 1], np.float32))
