@@ -23,9 +23,13 @@ from tasks.lopt_network import LoptSpec
 
 def check_theta_matches(spec: LoptSpec, theta):
   """θ must have the structure and shapes of `spec`'s network."""
+  from unrolled_es.noise import PerturbedMatrix
   want = jax.eval_shape(lambda: lopt_network.init_theta(spec))
+  # under factored noise a weight arrives as a PerturbedMatrix: its W is what must fit
+  theta = jax.tree_util.tree_map(lambda x: x.w if isinstance(x, PerturbedMatrix) else x, theta,
+                                 is_leaf=lambda x: isinstance(x, PerturbedMatrix))
   got_def, want_def = jax.tree_util.tree_structure(theta), jax.tree_util.tree_structure(want)
-  shapes = lambda tree: [tuple(x.shape) for x in jax.tree_util.tree_leaves(tree)]
+  shapes = lambda tree: [tuple(jax.numpy.shape(x)) for x in jax.tree_util.tree_leaves(tree)]
   if got_def != want_def or shapes(theta) != shapes(want):
     raise ValueError(f"theta does not fit a learned optimizer with lopt_hidden={spec.hidden} and "
                      f"time_features={spec.time_features!r} (expected leaves {shapes(want)}, got {shapes(theta)}); "
@@ -40,6 +44,7 @@ def as_optax(theta, num_steps=None, spec: LoptSpec | None = None) -> optax.Gradi
   spec = LoptSpec() if spec is None else spec
   if not isinstance(spec, LoptSpec):
     raise ValueError(f"spec must be a tasks.lopt_network.LoptSpec; got {spec!r}")
+  spec = lopt_network.check_spec(*spec)
   if spec.time_features == "fraction":
     if num_steps is None:
       raise ValueError("num_steps must be given: the optimizer's progress features are fractions of the run")

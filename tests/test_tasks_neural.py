@@ -36,10 +36,11 @@ def test_contract_and_settings(name, kw):
   assert task.settings["optimizer"] in ("sgd", "adam")
 
 
-def test_lopt_has_about_nres_size():
-  """18 features -> 32 -> 32 -> 2: 1730 parameters (NRES's learned optimizer has 1762)."""
-  theta0 = tasks.get("learned_optimizer", horizon=5).theta0
-  assert sum(x.size for x in jax.tree_util.tree_leaves(theta0)) == 1730
+def test_lopt_size():
+  """18 features -> 8 -> 2: 170 parameters; lopt_hidden=(32, 32) gives 1730, about NRES's 1762."""
+  sizes = [sum(x.size for x in jax.tree_util.tree_leaves(tasks.get("learned_optimizer", horizon=5, **kw).theta0))
+           for kw in ({}, {"lopt_hidden": (32, 32)})]
+  assert sizes == [170, 1730]
 
 
 @pytest.mark.parametrize("name,vocab", [("rnn_char", text.VOCAB_SIZE), ("rnn_copy", 10)])
