@@ -79,3 +79,27 @@ def test_gap_to_full_rank_es_shrinks_as_rank_grows():
   assert np.abs(full - smoothed).mean() < 0.1 * gaps[0]
   assert gaps[0] > gaps[1] > gaps[2]
   assert gaps[0] / gaps[2] > 4   # O(1/r): rank 16 is much closer than rank 1
+
+
+@pytest.mark.parametrize("horizon", [6, 7], ids=["aligned", "mid_window_resets"])
+@pytest.mark.parametrize("stagger", [True, False])
+def test_kept_draws_give_the_regenerated_estimates_bit_for_bit(horizon, stagger):
+  """ES-Single keeps compact (low-rank) draws in its state and draws only the particles that reset (at most the
+  budget of a staggered window; all of them otherwise): the same numbers as regenerating every draw."""
+  system, key = matrix_system(horizon), jax.random.PRNGKey(3)
+  kept_noise = ue.low_rank(1, factored=True)
+  regenerated = kept_noise._replace(compact=False)
+  out = {}
+  for name, noise in (("kept", kept_noise), ("regenerated", regenerated)):
+    est = ue.es_single(system, num_particles=8, sigma=0.1, truncation_length=3, noise=noise, stagger=stagger)
+    state, estimate = jax.jit(est.init)(key, MATRIX_THETA), jax.jit(est.estimate)
+    assert (state.draws is None) == (name == "regenerated")
+    out[name] = []
+    for i in range(6):
+      g, state, info = estimate(jax.random.fold_in(key, i), MATRIX_THETA, state)
+      out[name].append((g, int(info["resets"])))
+  assert sum(r for _, r in out["kept"]) > 0
+  for (a, ra), (b, rb) in zip(out["kept"], out["regenerated"]):
+    assert ra == rb
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      np.testing.assert_array_equal(x, y)

@@ -19,10 +19,11 @@ def test_tiny_throughput_writes_sane_results(tmp_path):
     assert np.isclose(r["member_steps_per_s"], 2 * r["particle_steps_per_s"])
   es = rows[("es_single", "low_rank1_factored")]
   assert es["ratio_to_bare"] > 0
-  # State per particle: inner state h (rows × width) and t for 2 members, t, episode length, noise key, counter:
-  # exact bytes.
-  width, n_rows = 8, 1
-  assert es["state_bytes_per_particle"] == 2 * (n_rows * width * 4 + 4) + 4 + 4 + 8 + 4
+  # State per particle: inner state h (rows × width) and t for 2 members, t, episode length, noise key, counter,
+  # and the kept rank-1 draw (W: width + width, U: inputs + width, v: width floats): exact bytes.
+  width, n_rows, inputs = 8, 1, 4
+  draw = (2 * width + inputs + width + width) * 4
+  assert es["state_bytes_per_particle"] == 2 * (n_rows * width * 4 + 4) + 4 + 4 + 8 + 4 + draw
   # Two rank-1 draws: factors of W (8+8) and U (4+8), and v (8); plus each member's formed v + σε (8).
   assert es["noise_bytes_per_particle"] == 2 * 4 * (16 + 12 + 8) + 2 * 4 * 8
   # The big runs' code path (100,000 particles in the gpu and big presets) at toy sizes: every particle valid.

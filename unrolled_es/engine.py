@@ -41,17 +41,33 @@ def aligned(system, s: Settings) -> bool:
   return system.horizon % s.truncation_length == 0
 
 
-def _unroll(system, rule, s: Settings, theta, p, pl, keys, draws):
+def keeps_draws(rule, s: Settings) -> bool:
+  """Draws are kept in the state (not regenerated every window) when they are compact (low rank) and change only
+  at resets: a few numbers per matrix per particle buy a window without a draw for most particles."""
+  return s.noise.compact and rule.redraw is rules.never and not rule.whole_episodes
+
+
+def draw_settings(system, rule, s: Settings) -> window.DrawSettings:
+  """One window's draw plan; the budget of partial draws is the resets a staggered window sees, N·K/T, plus one.
+  Over a device mesh every draw is made on each particle's own device (no partial draws)."""
+  n, k = s.num_particles, s.truncation_length
+  budget = None if s.mesh is not None else min(n, -(-n * k // system.horizon) + 1)
+  return window.DrawSettings(aligned(system, s), keeps_draws(rule, s), budget, s.mesh)
+
+
+def _unroll(system, rule, s: Settings, theta, p, pl, keys, draws, how):
   """(final states, losses [N, M, K]) of every member, new episodes started at their reset slots."""
   member, signs = window.Member(s.noise, s.sigma), jnp.asarray(rule.pairing.signs, jnp.float32)
   inner = rule.window_start(p.inner)
-  if aligned(system, s):
+  if how.aligned:
     draw_keys = jnp.where(pl.resets[:, None], keys.reset, pl.draw_key)
-    fresh = window.fresh_states(system, member, theta, draws.post, signs, keys.init, draw_keys, pl.resets, inner)
-    start = particles.tree_select(pl.resets, fresh, inner)
+    start = window.fresh_states(system, member, theta, draws.post, signs, keys.init, draw_keys, pl.resets, inner,
+                                how.budget)
     return window.unroll_aligned(system, member, theta, start, draws.pre, signs, draw_keys, keys.steps,
                                  s.truncation_length, window.shares_weights(s.noise, theta))
-  fresh = window.fresh_states(system, member, theta, draws.post, signs, keys.init, keys.reset, pl.resets, inner)
+  # `fresh` holds the new episodes' states of the resetting particles; the others never reach their reset slot.
+  fresh = window.fresh_states(system, member, theta, draws.post, signs, keys.init, keys.reset, pl.resets, inner,
+                              how.budget)
   return window.unroll_general(system, member, theta, inner, fresh, draws, signs, pl.draw_key, keys.reset,
                                keys.steps, pl.reset_slot, s.truncation_length)
 
@@ -70,12 +86,14 @@ def es_window(system, rule, s: Settings, theta, p, key, active=None):
   k = s.truncation_length
   keys = particles.window_keys(key, s.num_particles, s.mesh)
   pl = particles.plan(p, keys, k, rule.redraw)
-  draws = window.draw(s.noise, theta, p.noise_key, pl, keys, aligned(system, s), s.mesh)
-  final, losses = _unroll(system, rule, s, theta, p, pl, keys, draws)
+  how = draw_settings(system, rule, s)
+  draws = window.draw(s.noise, theta, p, pl, keys, how)
+  final, losses = _unroll(system, rule, s, theta, p, pl, keys, draws, how)
   losses = losses.astype(jnp.float32)
   valid = gradient.finite_particles(losses)
   weight, memory = _weights(rule, s, p, pl, draws)
-  new = particles.advance(p, pl, keys, particles.constrain(s.mesh, final), valid, memory, k)
+  kept = window.draws_after(draws, pl.resets, how.aligned) if how.kept else None
+  new = particles.advance(p, pl, keys, particles.constrain(s.mesh, final), valid, memory, k, kept)
   if active is not None:
     new = particles.tree_select(active, new, p)._replace(init_steps=p.init_steps)
     valid &= active
@@ -119,8 +137,9 @@ def es_estimator(system, rule: rules.Rule, **settings) -> GradientEstimator:
 
   def init(key, theta):
     init_key, burn_key = checked_call(system, s, key, theta)
+    draw_shapes = jax.eval_shape(s.noise.sample, init_key, theta) if keeps_draws(rule, s) else None
     p = particles.initial(jax.eval_shape(system.init, init_key, theta), s.num_particles, s.members,
-                          system.horizon, rule.weighting.init(theta, s.num_particles), s.mesh)
+                          system.horizon, rule.weighting.init(theta, s.num_particles), s.mesh, draw_shapes)
     if s.stagger:
       p = burn_in(lambda p, k, active: es_window(system, rule, s, theta, p, k, active), s, system.horizon, p,
                   burn_key)

@@ -86,7 +86,8 @@ def masked(noise: Noise, mask) -> Noise:
   def dense(eps):
     return spread(noise.dense(pick(eps_leaves(eps))), lambda i: jnp.zeros(leaves[i].shape, jnp.float32))
 
-  return Noise(sample=sample, perturb=perturb, combine=combine, dense=dense)
+  return Noise(sample=sample, perturb=perturb, combine=combine, dense=dense,
+               compact=noise.compact and _PARTIAL not in kinds)
 
 
 def _dense(noise, e):

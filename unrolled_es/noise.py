@@ -33,6 +33,7 @@ class Noise(NamedTuple):
   perturb: Callable[..., Any]
   combine: Callable[[jax.Array, Any], Any]
   dense: Callable[[Any], Any]
+  compact: bool = False   # a draw is far smaller than θ (low-rank factors): cheap enough to keep between windows
 
 
 def _perturb_leaves(perturb_leaf, theta, eps, scale, key):
@@ -188,4 +189,4 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
     return jax.tree_util.tree_map(lambda e: combine_leaf(coeffs, e), batch,
                                   is_leaf=lambda e: isinstance(e, LowRank))
 
-  return Noise(sample=sample, perturb=perturb, combine=combine, dense=dense)
+  return Noise(sample=sample, perturb=perturb, combine=combine, dense=dense, compact=True)

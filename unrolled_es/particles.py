@@ -21,6 +21,7 @@ class Particles(NamedTuple):
   windows_since_draw: jax.Array  # [N]
   memory: Any             # the weighting's per-particle memory (PES: the sum ξ of the episode's draws), or None
   init_steps: jax.Array   # inner steps spent by `init` (staggering burn-in), for honest step counts
+  draws: Any = None       # the current draws, kept when they are compact and rarely change (else regenerated)
 
 
 class WindowKeys(NamedTuple):
@@ -57,12 +58,14 @@ def constrain(mesh, tree):
   return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
-def initial(inner_shapes, n: int, members: int, horizon: int, memory, mesh) -> Particles:
-  """All particles about to start an episode (t = T): the first window resets them at its first slot."""
-  inner = jax.tree_util.tree_map(lambda s: jnp.zeros((n, members) + s.shape, s.dtype), inner_shapes)
-  p = Particles(inner=inner, t=jnp.full((n,), horizon, jnp.int32), horizon=jnp.full((n,), horizon, jnp.int32),
-                noise_key=jnp.zeros((n, 2), jnp.uint32), windows_since_draw=jnp.ones((n,), jnp.int32),
-                memory=memory, init_steps=None)
+def initial(inner_shapes, n: int, members: int, horizon: int, memory, mesh, draw_shapes=None) -> Particles:
+  """All particles about to start an episode (t = T): the first window resets them at its first slot.
+  `draw_shapes`: one draw's shapes, when draws are kept in the state."""
+  zeros = lambda shapes, lead: jax.tree_util.tree_map(lambda s: jnp.zeros(lead + s.shape, s.dtype), shapes)
+  p = Particles(inner=zeros(inner_shapes, (n, members)), t=jnp.full((n,), horizon, jnp.int32),
+                horizon=jnp.full((n,), horizon, jnp.int32), noise_key=jnp.zeros((n, 2), jnp.uint32),
+                windows_since_draw=jnp.ones((n,), jnp.int32), memory=memory, init_steps=None,
+                draws=None if draw_shapes is None else zeros(draw_shapes, (n,)))
   return constrain(mesh, p)._replace(init_steps=jnp.zeros((), jnp.int32))
 
 
@@ -82,10 +85,13 @@ def plan(p: Particles, keys: WindowKeys, truncation_length: int, redraw_rule) ->
               windows_begun=windows_begun, draw_key=jnp.where(redraw[:, None], keys.draw, p.noise_key))
 
 
-def advance(p: Particles, plan_: Plan, keys: WindowKeys, final_inner, valid, memory, truncation_length: int):
-  """The state after the window: a particle that was not valid restarts its episode before its next window."""
+def advance(p: Particles, plan_: Plan, keys: WindowKeys, final_inner, valid, memory, truncation_length: int,
+            draws=None):
+  """The state after the window: a particle that was not valid restarts its episode before its next window.
+  `draws`: the draws in force at the window's end, when the state keeps them."""
   k = truncation_length
   return p._replace(
+      draws=draws,
       inner=final_inner,
       t=jnp.where(valid, jnp.where(plan_.resets, k - plan_.reset_slot, p.t + k), p.horizon),
       noise_key=jnp.where(plan_.resets[:, None], keys.reset, plan_.draw_key),

@@ -51,26 +51,82 @@ def _materialised(sample, theta, keys, change, unchanged, mesh):
                                       lambda: sample(unchanged, theta)))
 
 
-def draw(noise, theta, old_keys, plan, keys, aligned: bool, mesh) -> Draws:
-  """This window's draws: one per particle when aligned, else the current one and, if any particle resets, the
-  new episodes' ones (zeros when none does)."""
+def replace_some(sample, theta, old, change, keys, budget, mesh):
+  """`old` draws [N, ...] with those of the `change` particles replaced by draws from their `keys`. Nothing is
+  drawn when no particle changes; only the changed ones when at most `budget` do (with staggered particles, the
+  one or two whose episodes end in this window); every particle otherwise (budget None: always)."""
+  def some():
+    index, safe = _changed(change, budget)
+    fresh = sample(keys[safe], theta)
+    return jax.tree_util.tree_map(lambda o, f: o.at[index].set(f, mode="drop"), old, fresh)
+
+  def every():
+    return tree_select(change, sample(keys, theta), old)
+  return constrain(mesh, _switch_on_count(change, budget, lambda: old, some, every))
+
+
+class DrawSettings(NamedTuple):
+  """How a window's draws are made: `aligned` (one draw per particle: K divides T), `kept` (the state holds the
+  current draws; only changed ones are regenerated), and the `budget` of partial draws (None: none)."""
+  aligned: bool
+  kept: bool
+  budget: int | None
+  mesh: Any = None
+
+
+def draw(noise, theta, p, plan, keys, how: DrawSettings) -> Draws:
+  """This window's draws: one per particle when aligned, else the current one and the new episodes' ones (zeros
+  for the particles that do not reset)."""
   sample = jax.vmap(noise.sample, (0, None))
-  if aligned:
-    eps = _materialised(sample, theta, jnp.where(plan.resets[:, None], keys.reset, plan.draw_key),
-                        plan.resets | plan.redraw, old_keys, mesh)
+  if how.aligned:
+    change, new_keys = plan.resets | plan.redraw, jnp.where(plan.resets[:, None], keys.reset, plan.draw_key)
+    eps = (replace_some(sample, theta, p.draws, change, new_keys, how.budget, how.mesh) if how.kept else
+           _materialised(sample, theta, new_keys, change, p.noise_key, how.mesh))
     return Draws(eps, eps)
-  pre = _materialised(sample, theta, plan.draw_key, plan.redraw, old_keys, mesh)
-  post = jax.lax.cond(jnp.any(plan.resets), lambda: constrain(mesh, sample(keys.reset, theta)),
-                      lambda: jax.tree_util.tree_map(jnp.zeros_like, pre))
-  return Draws(pre, post)
+  pre = (replace_some(sample, theta, p.draws, plan.redraw, plan.draw_key, how.budget, how.mesh) if how.kept else
+         _materialised(sample, theta, plan.draw_key, plan.redraw, p.noise_key, how.mesh))
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, pre)
+  return Draws(pre, replace_some(sample, theta, zeros, plan.resets, keys.reset, how.budget, how.mesh))
 
 
-def fresh_states(system, member, theta, eps, signs, init_keys, draw_keys, resets, inner):
-  """Every particle's members at the start of a new episode with draw `eps`; skipped (the old states returned) in
-  windows where no particle resets, since an init per member can cost as much as a step."""
+def draws_after(draws: Draws, resets, aligned: bool):
+  """The draws in force when the window ends (kept in the state for the next window)."""
+  return draws.pre if aligned else tree_select(resets, draws.post, draws.pre)
+
+
+def _switch_on_count(change, budget, none, some, every):
+  """none() when no particle changes, some() when at most `budget` do, every() otherwise (budget None: never
+  some)."""
+  count = jnp.sum(change)
+  if budget is None:
+    return jax.lax.switch(jnp.where(count == 0, 0, 1), (none, every))
+  return jax.lax.switch(jnp.where(count == 0, 0, jnp.where(count <= budget, 1, 2)), (none, some, every))
+
+
+def _changed(change, budget):
+  """(indices of the first `budget` changed particles, padded with N, which a scatter drops; the same clipped to
+  valid indices, for gathering)."""
+  n = change.shape[0]
+  index = jnp.nonzero(change, size=budget, fill_value=n)[0]
+  return index, jnp.minimum(index, n - 1)
+
+
+def fresh_states(system, member, theta, eps, signs, init_keys, draw_keys, resets, inner, budget=None):
+  """`inner` with every resetting particle's members replaced by a new episode's states (draw `eps`). An init per
+  member can cost as much as a step, so only the resetting particles are initialised (up to `budget` of them),
+  and none in windows without a reset."""
   def particle(e, init_key, draw_key):
     return jax.vmap(lambda sign: system.init(init_key, member.params(theta, e, sign, draw_key)))(signs)
-  return jax.lax.cond(jnp.any(resets), lambda: jax.vmap(particle)(eps, init_keys, draw_keys), lambda: inner)
+
+  def some():
+    index, safe = _changed(resets, budget)
+    take = lambda x: x[safe]
+    new = jax.vmap(particle)(jax.tree_util.tree_map(take, eps), init_keys[safe], draw_keys[safe])
+    return jax.tree_util.tree_map(lambda o, f: o.at[index].set(f, mode="drop"), inner, new)
+
+  def every():
+    return tree_select(resets, jax.vmap(particle)(eps, init_keys, draw_keys), inner)
+  return _switch_on_count(resets, budget, lambda: inner, some, every)
 
 
 def scan_steps(system, params, start, base, k: int):
