@@ -187,10 +187,12 @@ def report(config, theta0, theta, out_dir, seeds: int = 8, problem_list=None):
 def plot(curves, path):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-  fig = Figure(figsize=(4.2 * len(curves), 3.4), dpi=100)
+  cols = min(3, len(curves))
+  rows = -(-len(curves) // cols)
+  fig = Figure(figsize=(4.6 * cols, 3.4 * rows), dpi=100)
   FigureCanvasAgg(fig)
   for i, (label, by_opt) in enumerate(curves.items()):
-    ax = fig.add_subplot(1, len(curves), i + 1)
+    ax = fig.add_subplot(rows, cols, i + 1)
     for name, curve in by_opt.items():
       ax.plot(curve, label=name, lw=1.1)
     ax.set(title=label, xlabel="inner step", ylabel="meta-split loss / log C", yscale="log")
