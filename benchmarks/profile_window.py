@@ -9,8 +9,8 @@ jitted functions are timed in turn, interleaved, after compiling, and their medi
   bare        the vmapped K-step scan of 2N members with the unperturbed θ (hW one GEMM for all members);
   unroll      the engine's K-step unroll of the 2N members with one fixed rank-1 draw per particle
               (window.unroll_aligned): the bare step plus the factored corrections σ(ha)bᵀ;
-  window      engine.es_window: + this window's keys, plan, draw (regenerated from each particle's key), new
-              episodes' states where a particle resets, and the next state;
+  window      engine.es_window: + this window's keys and plan, the draws and new episodes' states of the
+              particles that reset (about N·K/T of them, the particles being staggered), and the next state;
   estimate    the whole estimate: + loss differences, coefficients, the combine GEMM, info;
   dispatch    a jitted function with the estimate's inputs and outputs that computes nothing: the cost of
               calling a compiled function with that many arrays, which any estimate pays.
@@ -36,14 +36,12 @@ CELLS = {"default": ((64, 64), (256, 1024)), "quick": ((64, 64), (64, 1024))}
 
 
 def stage_functions(width, n, k=10, rows=4, inputs=16):
-  """name -> (jitted function, args) for one cell, every particle mid-episode (no reset in the window)."""
+  """name -> (jitted function, args) for one cell, particles staggered over the horizon."""
   system, theta = rnn_system(width, rows, inputs, k, "float32")
   noise = ue.low_rank(1, factored=True)
-  est = ue.es_single(system, num_particles=n, sigma=SIGMA, truncation_length=k, noise=noise, stagger=False)
+  est = ue.es_single(system, num_particles=n, sigma=SIGMA, truncation_length=k, noise=noise, stagger=True)
   key = jax.random.PRNGKey(1)
-  state = jax.jit(est.init)(key, theta)
-  _, state, _ = jax.jit(est.estimate)(key, theta, state)
-  state = state._replace(t=jnp.full_like(state.t, k))   # mid-episode: no particle resets in the timed window
+  state = jax.jit(est.init)(key, theta)   # staggered: in the timed window N·K/T particles reset
   bare, bare_states = bare_unroll(system, 2 * n, k)
   keys = particles.window_keys(key, n, None)
   eps = jax.vmap(noise.sample, (0, None))(keys.draw, theta)
