@@ -16,6 +16,7 @@ and the autodiff baselines (BPTT) share the keys, the plan and the unroll with r
 `es_estimator(system, rule, ...)` turns a rule into a `GradientEstimator`; each file in estimators/ is a rule and a
 constructor.
 """
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -37,8 +38,23 @@ class Outcome(NamedTuple):
 
 
 def aligned(system, s: Settings) -> bool:
-  """K divides T: every reset falls on a window's first slot (see window.py)."""
-  return system.horizon % s.truncation_length == 0
+  """Every episode has the same length T and K divides it: every reset falls on a window's first slot."""
+  length = s.episode_length(system)
+  return length is not None and length % s.truncation_length == 0
+
+
+def new_horizons(s: Settings, keys):
+  """[N] the lengths of the episodes that particles would start in this window (None: the system's fixed T)."""
+  return None if s.horizons is None else jax.vmap(s.horizons.sample)(keys.init)
+
+
+def step_weights(s: Settings, p, new_horizon, after_reset):
+  """[N, K] weight of each slot's loss, E[T]/T of the slot's episode, which keeps the estimate unbiased for the
+  expected meta-loss over drawn horizons (unrolled_es/horizons.py); None for a fixed length (every weight 1)."""
+  if s.horizons is None or s.horizons.low == s.horizons.high:
+    return None
+  length = jnp.where(after_reset, new_horizon[:, None], p.horizon[:, None]).astype(jnp.float32)
+  return jnp.float32(s.horizons.mean) / length
 
 
 def keeps_draws(rule, s: Settings) -> bool:
@@ -51,7 +67,7 @@ def draw_settings(system, rule, s: Settings) -> window.DrawSettings:
   """One window's draw plan; the budget of partial draws is the resets a staggered window sees, N·K/T, plus one.
   Over a device mesh every draw is made on each particle's own device (no partial draws)."""
   n, k = s.num_particles, s.truncation_length
-  budget = None if s.mesh is not None else min(n, -(-n * k // system.horizon) + 1)
+  budget = None if s.mesh is not None else min(n, math.ceil(n * k / s.mean_episode_length(system)) + 1)
   return window.DrawSettings(aligned(system, s), keeps_draws(rule, s), budget, s.mesh)
 
 
@@ -89,16 +105,22 @@ def es_window(system, rule, s: Settings, theta, p, key, active=None):
   how = draw_settings(system, rule, s)
   draws = window.draw(s.noise, theta, p, pl, keys, how)
   final, losses = _unroll(system, rule, s, theta, p, pl, keys, draws, how)
-  losses = losses.astype(jnp.float32)
+  after = jnp.arange(k)[None, :] >= pl.reset_slot[:, None]
+  horizon = new_horizons(s, keys)
+  losses = _weighted(losses.astype(jnp.float32), step_weights(s, p, horizon, after))
   valid = gradient.finite_particles(losses)
   weight, memory = _weights(rule, s, p, pl, draws)
   kept = window.draws_after(draws, pl.resets, how.aligned) if how.kept else None
-  new = particles.advance(p, pl, keys, particles.constrain(s.mesh, final), valid, memory, k, kept)
+  new = particles.advance(p, pl, keys, particles.constrain(s.mesh, final), valid, memory, k, kept, horizon)
   if active is not None:
     new = particles.tree_select(active, new, p)._replace(init_steps=p.init_steps)
     valid &= active
-  after = jnp.arange(k)[None, :] >= pl.reset_slot[:, None]
   return new, Outcome(losses, after, pl.resets, valid, weight, draws.post)
+
+
+def _weighted(losses, weights):
+  """Losses [N, M, K] times per-slot weights [N, K] (None: unweighted)."""
+  return losses if weights is None else losses * weights[:, None, :]
 
 
 def es_gradient(rule, s: Settings, out: Outcome, theta):
@@ -108,14 +130,15 @@ def es_gradient(rule, s: Settings, out: Outcome, theta):
   return gradient.combine(s.noise, c, out.weight, out.eps_post, theta)
 
 
-def burn_in(window_fn, s: Settings, horizon: int, p, key):
-  """Staggers particles: particle i runs ⌊i·W/N⌋ whole windows first (W = ⌈T/K⌉ windows per episode).
+def burn_in(window_fn, s: Settings, horizon: float, p, key):
+  """Staggers particles: particle i runs ⌊i·W/N⌋ whole windows first (W = ⌈T/K⌉ windows per episode; with a
+  horizon schedule, T its mean length).
 
   The burn-in uses the estimator's own windows (its noise, weighting and resets), so the state it leaves is one
   the estimator itself would have reached, and windows then spread evenly over the horizon.
   """
   n, k = s.num_particles, s.truncation_length
-  per_episode = -(-horizon // k)
+  per_episode = math.ceil(horizon / k)
   if per_episode <= 1:
     return p
   offsets = (jnp.arange(n) * per_episode) // n
@@ -141,8 +164,8 @@ def es_estimator(system, rule: rules.Rule, **settings) -> GradientEstimator:
     p = particles.initial(jax.eval_shape(system.init, init_key, theta), s.num_particles, s.members,
                           system.horizon, rule.weighting.init(theta, s.num_particles), s.mesh, draw_shapes)
     if s.stagger:
-      p = burn_in(lambda p, k, active: es_window(system, rule, s, theta, p, k, active), s, system.horizon, p,
-                  burn_key)
+      p = burn_in(lambda p, k, active: es_window(system, rule, s, theta, p, k, active), s,
+                  s.mean_episode_length(system), p, burn_key)
     return p
 
   def estimate(key, theta, state):
@@ -155,13 +178,14 @@ def es_estimator(system, rule: rules.Rule, **settings) -> GradientEstimator:
   return GradientEstimator(init=init, estimate=estimate)
 
 
-def _member_losses(system, k, theta, inner0, init_key, base, j_reset):
-  """Mean loss (and final states, losses) of one particle's single unperturbed member over the window; a new
-  episode's init is inside, so autodiff differentiates through it."""
+def _member_losses(system, k, theta, inner0, init_key, base, j_reset, weights):
+  """Mean loss (and final states, weighted losses) of one particle's single unperturbed member over the window; a
+  new episode's init is inside, so autodiff differentiates through it. `weights` [K]: the slots' weights."""
   fresh = jax.vmap(lambda _: system.init(init_key, theta))(jnp.arange(1))
   final, losses = jax.vmap(lambda s0, new: window.scan_steps_with_reset(system, theta, theta, s0, new, base,
                                                                         j_reset, k))(inner0, fresh)
-  return jnp.mean(losses.astype(jnp.float32)), (final, losses)
+  losses = losses.astype(jnp.float32) * weights
+  return jnp.mean(losses), (final, losses)
 
 
 def autodiff_window(system, s: Settings, theta, p, key, active=None, differentiate=True):
@@ -170,19 +194,21 @@ def autodiff_window(system, s: Settings, theta, p, key, active=None, differentia
   k = s.truncation_length
   keys = particles.window_keys(key, s.num_particles, s.mesh)
   pl = particles.plan(p, keys, k, rules.never)
+  after = jnp.arange(k)[None, :] >= pl.reset_slot[:, None]
+  horizon = new_horizons(s, keys)
+  weights = step_weights(s, p, horizon, after)
+  weights = jnp.ones((s.num_particles, k), jnp.float32) if weights is None else weights
   run = lambda th, *a: _member_losses(system, k, th, *a)
-  args = (theta, p.inner, keys.init, keys.steps, pl.reset_slot)
+  args = (theta, p.inner, keys.init, keys.steps, pl.reset_slot, weights)
   if differentiate:
-    (_, (final, losses)), grads = jax.vmap(jax.value_and_grad(run, has_aux=True), (None, 0, 0, 0, 0))(*args)
+    (_, (final, losses)), grads = jax.vmap(jax.value_and_grad(run, has_aux=True), (None, 0, 0, 0, 0, 0))(*args)
   else:
-    (_, (final, losses)), grads = jax.vmap(run, (None, 0, 0, 0, 0))(*args), None
-  losses = losses.astype(jnp.float32)
+    (_, (final, losses)), grads = jax.vmap(run, (None, 0, 0, 0, 0, 0))(*args), None
   valid = gradient.finite_particles(losses, grads)
-  new = particles.advance(p, pl, keys, particles.constrain(s.mesh, final), valid, None, k)
+  new = particles.advance(p, pl, keys, particles.constrain(s.mesh, final), valid, None, k, None, horizon)
   if active is not None:
     new = particles.tree_select(active, new, p)._replace(init_steps=p.init_steps)
     valid &= active
-  after = jnp.arange(k)[None, :] >= pl.reset_slot[:, None]
   return new, Outcome(losses, after, pl.resets, valid, grads, None)
 
 
@@ -197,7 +223,7 @@ def autodiff_estimator(system, whole_episodes: bool = False, **settings) -> Grad
                           s.mesh)
     if s.stagger:
       window_fn = lambda p, k, active: autodiff_window(system, s, theta, p, k, active, differentiate=False)
-      p = burn_in(window_fn, s, system.horizon, p, burn_key)
+      p = burn_in(window_fn, s, s.mean_episode_length(system), p, burn_key)
     return p
 
   def estimate(key, theta, state):

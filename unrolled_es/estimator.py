@@ -11,7 +11,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
-from unrolled_es import masks, precision
+from unrolled_es import horizons as horizon_schedules, masks, precision
 from unrolled_es.noise import Noise, gaussian
 from unrolled_es.prng import raw_key
 from unrolled_es.system import (UnrolledSystem, check_bool, check_int, check_positive_float, check_step_contract,
@@ -34,6 +34,16 @@ class Settings(NamedTuple):
   stagger: bool = False
   mesh: Any = None               # jax.sharding.Mesh with a "particles" axis: particles split over its devices
   mask: Any = None               # θ-shaped pytree of bools, or None
+  horizons: Any = None           # a schedule of per-episode lengths (unrolled_es.horizons), or None: the system's T
+
+  def episode_length(self, system) -> int | None:
+    """The one length every episode has (None when the schedule varies)."""
+    if self.horizons is None:
+      return system.horizon
+    return self.horizons.low if self.horizons.low == self.horizons.high else None
+
+  def mean_episode_length(self, system) -> float:
+    return float(system.horizon) if self.horizons is None else self.horizons.mean
 
 
 def _check_mesh(mesh, num_particles):
@@ -55,9 +65,9 @@ def _check_noise(noise):
 
 
 def settings(system: UnrolledSystem, *, members: int, num_particles, truncation_length=None, sigma=None,
-             noise=None, stagger=False, mask=None, mesh=None) -> Settings:
+             noise=None, stagger=False, mask=None, mesh=None, horizons=None) -> Settings:
   """Checks the shared constructor arguments. truncation_length None: whole episodes (K = T); sigma None: no
-  noise (the autodiff baselines)."""
+  noise (the autodiff baselines); horizons: a per-episode length schedule (None: every episode has T steps)."""
   check_system(system)
   num_particles = check_int("num_particles", num_particles, 1)
   k = system.horizon if truncation_length is None else truncation_length
@@ -69,7 +79,8 @@ def settings(system: UnrolledSystem, *, members: int, num_particles, truncation_
     noise = noise if mask is None else masks.masked(noise, mask)
   check_bool("stagger", stagger)
   _check_mesh(mesh, num_particles)
-  return Settings(num_particles, k, members, sigma, noise, stagger, mesh, mask)
+  horizons = horizon_schedules.check(horizons, k)
+  return Settings(num_particles, k, members, sigma, noise, stagger, mesh, mask, horizons)
 
 
 def checked_call(system: UnrolledSystem, s: Settings, key, theta):

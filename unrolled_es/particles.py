@@ -86,14 +86,17 @@ def plan(p: Particles, keys: WindowKeys, truncation_length: int, redraw_rule) ->
 
 
 def advance(p: Particles, plan_: Plan, keys: WindowKeys, final_inner, valid, memory, truncation_length: int,
-            draws=None):
+            draws=None, new_horizon=None):
   """The state after the window: a particle that was not valid restarts its episode before its next window.
-  `draws`: the draws in force at the window's end, when the state keeps them."""
+  `draws`: the draws in force at the window's end, when the state keeps them; `new_horizon` [N]: the length of
+  the episode a resetting particle starts (None: the same as the last)."""
   k = truncation_length
+  horizon = p.horizon if new_horizon is None else jnp.where(plan_.resets, new_horizon, p.horizon)
   return p._replace(
       draws=draws,
+      horizon=horizon,
       inner=final_inner,
-      t=jnp.where(valid, jnp.where(plan_.resets, k - plan_.reset_slot, p.t + k), p.horizon),
+      t=jnp.where(valid, jnp.where(plan_.resets, k - plan_.reset_slot, p.t + k), horizon),
       noise_key=jnp.where(plan_.resets[:, None], keys.reset, plan_.draw_key),
       windows_since_draw=jnp.where(plan_.resets, 1, plan_.windows_begun),
       memory=memory)
