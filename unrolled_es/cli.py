@@ -21,7 +21,9 @@ import sys
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 # Options that change the computation: a resumed run must agree on them (steps etc. may grow).
 FINGERPRINTED = ("task", "task_args", "estimator", "estimator_args", "particles", "sigma", "truncation", "noise",
-                 "rank", "factored", "devices", "lr", "optimizer", "seed", "antithetic", "stagger")
+                 "rank", "factored", "devices", "horizons", "shaping", "clip_differences", "clip_gradient", "lr",
+                 "optimizer", "seed", "antithetic", "stagger")
+SHAPINGS = ("centered_ranks", "z_scores")
 NOISES = ("gaussian", "low_rank")
 RUN_FILES = ("config.json", "metrics.jsonl", "meta_loss.png", "checkpoints")
 _FLAG = {k: "--" + k.replace("_args", "-arg") for k in FINGERPRINTED}  # e.g. task_args -> --task-arg
@@ -79,6 +81,18 @@ def _devices(text):
   return n
 
 
+def _horizons(text):
+  kind, _, rest = text.partition(":")
+  try:
+    values = [int(v) for v in rest.split(":")] if rest else []
+  except ValueError:
+    values = None
+  if not ((kind == "constant" and values and len(values) == 1) or (kind == "log_uniform" and values and
+                                                                    len(values) == 2)):
+    raise argparse.ArgumentTypeError(f"expected constant:T or log_uniform:LOW:HIGH, got {text!r}")
+  return text
+
+
 def _assignment(text):
   name, sep, value = text.partition("=")
   if not sep or not name.strip().isidentifier():
@@ -115,6 +129,12 @@ def make_parser() -> argparse.ArgumentParser:
                  help="apply matrix perturbations in factors, xW + σ(xε), through ue.linear / ue.haiku_apply "
                  "layers, without forming a matrix per particle (the fast path)")
   t.add_argument("--devices", type=_devices, help="split particles over a mesh of 'all' devices or the first N")
+  t.add_argument("--horizons", type=_horizons, metavar="SCHEDULE", help="per-episode lengths drawn at each reset: "
+                 "constant:T or log_uniform:LOW:HIGH (default: the task's fixed horizon)")
+  t.add_argument("--shaping", choices=SHAPINGS, help="fitness shaping of the loss differences (biased; default none)")
+  t.add_argument("--clip-differences", type=pos_float, metavar="C",
+                 help="limit each particle's window-mean loss difference to [-C, C]")
+  t.add_argument("--clip-gradient", type=pos_float, metavar="C", help="limit the estimate's global norm to C")
   t.add_argument("--lr", type=pos_float, help="outer learning rate")
   t.add_argument("--optimizer", choices=OPTIMIZERS, help="outer optimizer")
   t.add_argument("--steps", type=pos_int, help="outer steps")
@@ -225,15 +245,44 @@ def _build_estimator(cfg, task, ctor):
     kw["mesh"] = _build_mesh(cfg["devices"], "mesh" in params, cfg["estimator"])
   if getattr(task, "mask", None) is not None and "mask" in params:
     kw["mask"] = task.mask
+  kw.update(_robustness_options(cfg, params))
   unknown = [k for k in cfg["estimator_args"] if k not in params and not open_kw]
   if unknown:
     takes = ", ".join(k for k in params if k != "system")
     raise UsageError(f"estimator {cfg['estimator']!r} takes no option {', '.join(unknown)}; it takes: {takes}")
   kw.update(cfg["estimator_args"])
   try:
-    return ctor(task.system, **kw)
+    estimator = ctor(task.system, **kw)
+    if cfg.get("clip_gradient") is not None:
+      import unrolled_es
+      estimator = unrolled_es.clip_gradient(estimator, cfg["clip_gradient"])
+    return estimator
   except (ValueError, TypeError) as e:
     raise UsageError(f"estimator {cfg['estimator']!r}: {e}") from None
+
+
+def _robustness_options(cfg, params):
+  """horizons= and fitness= from --horizons, --shaping and --clip-differences."""
+  import unrolled_es
+  out = {}
+  if cfg.get("horizons") is not None:
+    if "horizons" not in params:
+      raise UsageError(f"estimator {cfg['estimator']!r} runs whole episodes, so --horizons does not apply")
+    kind, *values = cfg["horizons"].split(":")
+    try:
+      out["horizons"] = getattr(unrolled_es.horizons, kind)(*map(int, values))
+    except ValueError as e:
+      raise UsageError(f"--horizons {cfg['horizons']}: {e}") from None
+  transforms = []
+  if cfg.get("clip_differences") is not None:
+    transforms.append(unrolled_es.fitness.clipped(cfg["clip_differences"]))
+  if cfg.get("shaping") is not None:
+    transforms.append(getattr(unrolled_es.fitness, cfg["shaping"])())
+  if transforms:
+    if "fitness" not in params:
+      raise UsageError(f"estimator {cfg['estimator']!r} has no loss differences to shape or clip")
+    out["fitness"] = transforms[0] if len(transforms) == 1 else unrolled_es.fitness.chain(*transforms)
+  return out
 
 
 def _build_noise(cfg, takes_noise):

@@ -124,10 +124,12 @@ def _weighted(losses, weights):
 
 
 def es_gradient(rule, s: Settings, out: Outcome, theta):
-  """Loss differences → per-particle coefficients → the estimate in θ's shape and dtypes."""
+  """Loss differences → (the fitness transform) → per-particle coefficients → the estimate in θ's shape and
+  dtypes. Returns (estimate, the transform's info)."""
   diffs = rule.pairing.differences(out.losses, out.valid)
+  diffs, extra = (diffs, {}) if s.fitness is None else s.fitness.transform(diffs, out.valid)
   c = gradient.coefficients(diffs, out.after_reset, out.valid, s.sigma, s.truncation_length)
-  return gradient.combine(s.noise, c, out.weight, out.eps_post, theta)
+  return gradient.combine(s.noise, c, out.weight, out.eps_post, theta), extra
 
 
 def burn_in(window_fn, s: Settings, horizon: float, p, key):
@@ -155,7 +157,7 @@ def _info(s: Settings, out: Outcome):
 
 def es_estimator(system, rule: rules.Rule, **settings) -> GradientEstimator:
   """The GradientEstimator that runs `rule` on `system` with the shared settings (see estimator.settings):
-  num_particles, sigma, truncation_length, stagger, noise, mask, mesh."""
+  num_particles, sigma, truncation_length, stagger, noise, mask, mesh, horizons, fitness."""
   s = make_settings(system, members=len(rule.pairing.signs), **settings)
 
   def init(key, theta):
@@ -173,7 +175,8 @@ def es_estimator(system, rule: rules.Rule, **settings) -> GradientEstimator:
     if rule.whole_episodes:
       state = particles.episode_begins(state)
     state, out = es_window(system, rule, s, theta, state, key)
-    return es_gradient(rule, s, out, theta), state, _info(s, out)
+    grad, extra = es_gradient(rule, s, out, theta)
+    return grad, state, dict(_info(s, out), **extra)
 
   return GradientEstimator(init=init, estimate=estimate)
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
-from unrolled_es import horizons as horizon_schedules, masks, precision
+from unrolled_es import fitness as fitness_transforms, horizons as horizon_schedules, masks, precision
 from unrolled_es.noise import Noise, gaussian
 from unrolled_es.prng import raw_key
 from unrolled_es.system import (UnrolledSystem, check_bool, check_int, check_positive_float, check_step_contract,
@@ -35,6 +35,7 @@ class Settings(NamedTuple):
   mesh: Any = None               # jax.sharding.Mesh with a "particles" axis: particles split over its devices
   mask: Any = None               # θ-shaped pytree of bools, or None
   horizons: Any = None           # a schedule of per-episode lengths (unrolled_es.horizons), or None: the system's T
+  fitness: Any = None            # a transform of the loss differences (unrolled_es.fitness), or None: raw
 
   def episode_length(self, system) -> int | None:
     """The one length every episode has (None when the schedule varies)."""
@@ -65,9 +66,10 @@ def _check_noise(noise):
 
 
 def settings(system: UnrolledSystem, *, members: int, num_particles, truncation_length=None, sigma=None,
-             noise=None, stagger=False, mask=None, mesh=None, horizons=None) -> Settings:
+             noise=None, stagger=False, mask=None, mesh=None, horizons=None, fitness=None) -> Settings:
   """Checks the shared constructor arguments. truncation_length None: whole episodes (K = T); sigma None: no
-  noise (the autodiff baselines); horizons: a per-episode length schedule (None: every episode has T steps)."""
+  noise (the autodiff baselines); horizons: a per-episode length schedule (None: every episode has T steps);
+  fitness: a transform of the loss differences (None: the raw differences, unbiased)."""
   check_system(system)
   num_particles = check_int("num_particles", num_particles, 1)
   k = system.horizon if truncation_length is None else truncation_length
@@ -80,7 +82,8 @@ def settings(system: UnrolledSystem, *, members: int, num_particles, truncation_
   check_bool("stagger", stagger)
   _check_mesh(mesh, num_particles)
   horizons = horizon_schedules.check(horizons, k)
-  return Settings(num_particles, k, members, sigma, noise, stagger, mesh, mask, horizons)
+  fitness = fitness_transforms.check(fitness)
+  return Settings(num_particles, k, members, sigma, noise, stagger, mesh, mask, horizons, fitness)
 
 
 def checked_call(system: UnrolledSystem, s: Settings, key, theta):
