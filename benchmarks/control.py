@@ -8,8 +8,10 @@ Swimmer uses the NRES paper's lr 1 instead of 3), and the same budget of environ
 particles' inner steps: the staggering burn-in plus every update's N·2·K (N·2·T for full ES, which therefore makes
 T/K times fewer updates). Steps of episodes that already ended count too: the particles computed them. About
 `num_evals` times per run θ is scored by the mean return of 16 episodes on fixed keys (the same episodes for every
-method, seed and step), so curves show θ's progress, not evaluation noise. Wall time counts only the compiled
-updates and the burn-in (compilation and evaluations excluded), on a 2-core CPU shared with other jobs.
+method, seed and step), so curves show θ's progress, not evaluation noise. On Swimmer the final policy is also
+scored in Gymnasium's own Swimmer-v5 (MuJoCo's CPU simulator, 16 episodes): what MJX taught must transfer. Wall
+time counts only the compiled updates and the burn-in (compilation, reported apart, and evaluations excluded), on
+a 2-core CPU shared with other jobs.
 
 Reference returns (drawn beside the curves): CartPole-v1 at most 500 (Gymnasium's reward threshold 475);
 Acrobot-v1 −100 and MountainCarContinuous-v0 90 (Gymnasium's reward thresholds); Pendulum-v1 −200 (Gymnasium
@@ -37,7 +39,10 @@ import numpy as np
 import optax
 
 import tasks
+import tasks.control_envs
 import unrolled_es as ue
+from tasks.control_policies import apply_policy, to_action
+from tasks.observation_norm import normalize
 
 ENVS = {
     "CartPole-v1": dict(budget=320_000),
@@ -53,6 +58,7 @@ REFERENCES = {
     "MountainCarContinuous-v0": [(90.0, "Gymnasium reward threshold")],
     "Swimmer-v5": [(350.0, "ARS linear policy (Mania et al. 2018)"), (360.0, "Gymnasium reward threshold")],
 }
+GYMNASIUM_IDS = ("Swimmer-v5",)  # MJX environments whose policies are re-scored in Gymnasium itself
 LABELS = {"es_single": "ES-Single", "pes": "PES", "full_es": "full ES", "truncated_es": "truncated ES"}
 COLORS = {"es_single": "C4", "pes": "C0", "full_es": "k", "truncated_es": "C2"}
 FULL = dict(seeds=3, num_evals=20, stagger=True)
@@ -148,20 +154,46 @@ def study(env_id, methods, seeds, budget, stagger, num_evals, overrides=None):
     runs, cache = [], {}
     for seed in range(seeds):
       rec = {"env_steps": [], "wall_time": [], "eval": []}
+      last = {}
 
       def log(env_steps, wall, theta):
         rec["env_steps"].append(int(env_steps))
         rec["wall_time"].append(float(wall))
         rec["eval"].append(evaluate(theta))
-      extra = METHODS[name](task, cfg, jax.random.PRNGKey(seed), budget, num_evals, log, cache)
-      runs.append(dict(rec, seed=seed, **(extra or {})))
+        last["theta"] = theta
+      extra = dict(METHODS[name](task, cfg, jax.random.PRNGKey(seed), budget, num_evals, log, cache) or {})
+      if env_id in GYMNASIUM_IDS:
+        extra["gymnasium_return"] = gymnasium_returns(env_id, last["theta"])
+      runs.append(dict(rec, seed=seed, **extra))
+      check = f", Gymnasium {_fmt(np.mean(extra['gymnasium_return']))}" if "gymnasium_return" in extra else ""
       print(f"  {env_id} {name} seed {seed}: return {_fmt(rec['eval'][0]['return'])} -> "
-            f"{_fmt(rec['eval'][-1]['return'])} in {rec['env_steps'][-1]} env steps, {rec['wall_time'][-1]:.1f} s",
-            flush=True)
+            f"{_fmt(rec['eval'][-1]['return'])}{check} in {rec['env_steps'][-1]} env steps, "
+            f"{rec['wall_time'][-1]:.1f} s", flush=True)
     final = [r["eval"][-1]["return"] for r in runs]
     out[name] = {"label": LABELS.get(name, name), "settings": {k: v for k, v in cfg.items()}, "runs": runs,
                  "final_return": final, "final_return_mean": float(np.mean([x for x in final if x is not None]))}
+    if all("gymnasium_return" in r for r in runs):
+      out[name]["gymnasium_return_mean"] = float(np.mean([np.mean(r["gymnasium_return"]) for r in runs]))
   return out
+
+
+def gymnasium_returns(env_id, theta, episodes=16):
+  """Returns of θ's deterministic linear policy in Gymnasium's own environment (MuJoCo's CPU simulator, float64):
+  the check that what was learned on MJX transfers."""
+  import gymnasium
+  space = tasks.control_envs.make_env(env_id).action_space
+  policy = jax.jit(lambda x: to_action(space, apply_policy(theta["policy"], normalize(theta["obs_norm"], x)),
+                                       jax.random.PRNGKey(0), False, 1.0, "clip"))
+  env = gymnasium.make(env_id)
+  returns = []
+  for seed in range(episodes):
+    obs, _ = env.reset(seed=seed)
+    total, done = 0.0, False
+    while not done:
+      obs, reward, terminated, truncated, _ = env.step(np.asarray(policy(jnp.asarray(obs, jnp.float32)), np.float64))
+      total, done = total + float(reward), terminated or truncated
+    returns.append(total)
+  return returns
 
 
 def plot(result, path):
@@ -233,7 +265,9 @@ def main(argv=None):
   print(f"final mean return after each environment's budget (written to {stem}.json/.png)")
   for env_id, e in result["envs"].items():
     refs = ", ".join(f"{v:g} ({s})" for v, s in e["references"])
-    cells = "  ".join(f"{m['label']} {_fmt(m['final_return_mean'])}" for m in e["methods"].values())
+    cells = "  ".join(f"{m['label']} {_fmt(m['final_return_mean'])}" + (
+        f" (Gymnasium {_fmt(m['gymnasium_return_mean'])})" if "gymnasium_return_mean" in m else "")
+        for m in e["methods"].values())
     print(f"  {env_id:<26} {cells}   [{e['config']['seeds']} seeds, {e['seconds']:.0f} s]   reference: {refs}")
   return result
 

@@ -15,7 +15,8 @@ each optimizer step, merges the accumulators stamped with θ's counter into θ w
 and increments the counter. A step that sees a counter newer than its accumulator's stamp restarts the
 accumulator, so every observation is merged exactly once (those before a reset inside a window are dropped,
 never counted twice), and a particle that did not run since the last merge is not merged again. Accumulators that
-hold a non-finite number are left out.
+hold a non-finite number are left out. The estimator must be built with the task's mask (`mask=task.mask`, as the CLI
+does): a perturbed counter would restart the accumulators at every step.
 """
 import jax
 import jax.numpy as jnp
