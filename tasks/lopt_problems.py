@@ -1,8 +1,8 @@
 """The inner problems a learned optimizer is meta-trained and tested on: MLP classifiers on a family of datasets.
 
 A `Family` fixes every array shape (input width, number of logits, MLP widths, largest batch); each episode
-draws the rest from its key inside `init` (`sample_problem`), as learned_optimization's task families do
-(Metz et al., "Tasks, stability, architecture, and compute: training more effective learned optimizers", 2020):
+draws the rest from its key inside `init` (`sample_problem`), as the task families of Metz et al. ("Tasks,
+stability, architecture, and compute: training more effective learned optimizers", 2020) do:
 
   * the data source, uniformly among `datasets`: "digits" (the shipped 8×8 digits, 10 classes) or
     "synthetic" (a Gaussian mixture generated from the key: C ~ U{2..10} classes, means N(0, r²I) with
@@ -14,8 +14,8 @@ Shape-changing choices (widths, depth) are separate families, combined by `unrol
 
 Every loss is divided by log C (C: the episode's number of classes), so that a fresh classifier scores about
 1 on every problem and no problem dominates the meta-loss; the meta-training loss is moreover clipped to
-[0, 1.5] with NaN counted as 1.5, as learned_optimization's image-MLP tasks do, so that a perturbation that
-blows an inner run up is penalised instead of dropped. The meta-loss is either the training minibatch's loss
+[0, 1.5] with NaN counted as 1.5, so that a perturbation that blows an inner run up is penalised instead of
+dropped (the estimators leave non-finite pairs out). The meta-loss is either the training minibatch's loss
 (`meta_loss="train"`) or the loss on a minibatch of a validation split that the optimizer never trains on
 (`"valid"`). The test split is used by neither: it is what the evaluation reports.
 
@@ -177,7 +177,7 @@ def _masked_ce(logits, y, c, weight):
 
 
 def clip_meta_loss(loss):
-  """learned_optimization's normaliser for classification: clip to [0, LOSS_CLIP], NaN -> LOSS_CLIP."""
+  """The normalised loss clipped to [0, LOSS_CLIP], NaN counted as LOSS_CLIP (a diverged run scores the ceiling)."""
   return jnp.where(jnp.isnan(loss), LOSS_CLIP, jnp.clip(loss, 0.0, LOSS_CLIP))
 
 
