@@ -56,6 +56,8 @@ def apply_mask(tree, mask):
 
 def masked(noise: Noise, mask) -> Noise:
   """`noise` restricted to the coordinates where `mask` is True (see the module docstring)."""
+  if not noise.leafwise:
+    return _masked_whole(noise, mask)
   leaves, treedef = jax.tree_util.tree_flatten(mask)
   kinds = [_OFF if not m.any() else _ON if m.all() else _PARTIAL for m in leaves]
   live = [i for i, kind in enumerate(kinds) if kind != _OFF]
@@ -88,6 +90,17 @@ def masked(noise: Noise, mask) -> Noise:
 
   return Noise(sample=sample, perturb=perturb, combine=combine, dense=dense,
                compact=noise.compact and _PARTIAL not in kinds)
+
+
+def _masked_whole(noise: Noise, mask) -> Noise:
+  """For noise that needs all of θ at once (per-coordinate scales): every leaf is drawn, then masked."""
+  def sample(key, theta):
+    return apply_mask(jax.tree_util.tree_map(lambda e: e, noise.sample(key, theta)), mask)
+
+  def combine(coeffs, batch):
+    return apply_mask(noise.combine(coeffs, batch), mask)
+
+  return noise._replace(sample=sample, combine=combine, compact=False)
 
 
 def _dense(noise, e):

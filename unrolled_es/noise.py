@@ -15,12 +15,19 @@ expectation instead of rounded away (unrolled_es/precision.py); without a key it
 `gaussian()` is full-rank isotropic noise, Cov(eps) = I (Salimans et al. 2017); `low_rank(r)` is EGGROLL's
 abᵀ/√r per matrix. With `factored=True` either hands matrices to `system.step` as `PerturbedMatrix`, for layers
 that apply xW + scale·(x eps) without forming W + scale·eps. Draws come from `unrolled_es.prng`.
+
+Leaves of rank > 2 (stacked layers, convolution and multi-head kernels) are matrices over the matricisation
+(d₁, …, d_k) -> (d₁·…·d_{k-1}, d_k): every axis but the last indexes a row, the last (the output features in the
+(…, in, out) layout of JAX, flax and haiku kernels) a column. Low-rank noise draws one rank-r product over it,
+with a of shape (d₁, …, d_{k-1}, r) and b of shape (d_k, r), and factored noise hands such leaves over as a
+`PerturbedMatrix` too.
 """
 from typing import Any, Callable, NamedTuple
 
 import math
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from unrolled_es.precision import add_scaled, rounding_bits
@@ -34,6 +41,7 @@ class Noise(NamedTuple):
   combine: Callable[[jax.Array, Any], Any]
   dense: Callable[[Any], Any]
   compact: bool = False   # a draw is far smaller than θ (low-rank factors): cheap enough to keep between windows
+  leafwise: bool = True   # every function works leaf by leaf, on any sub-pytree of θ (masks draw only live leaves)
 
 
 def _perturb_leaves(perturb_leaf, theta, eps, scale, key):
@@ -54,20 +62,28 @@ def weighted_sum(coeffs, batch):
   return jax.tree_util.tree_map(lambda e: _weighted_leaf(coeffs, e), batch)
 
 
-def gaussian(factored: bool = False) -> Noise:
-  """Full-rank Gaussian noise, eps ~ N(0, I) in every leaf's shape and dtype (Salimans et al. 2017).
+def gaussian(factored: bool = False, scale=None) -> Noise:
+  """Full-rank Gaussian noise, eps ~ N(0, I) in every leaf's shape (Salimans et al. 2017).
 
   factored=False: `perturb` forms θ + σ·eps, so any system works.
   factored=True: `perturb` returns matrix leaves as `PerturbedMatrix`, which perturbation-aware layers
   (`unrolled_es.linear`, `unrolled_es.haiku_apply`) apply as xW + σ·(x eps). Under vmap, xW is one GEMM shared
   by every member and each particle's eps is read once for both antithetic members, instead of forming and
   reading W ± σ·eps per member; and in low precision σ·(x eps) is not rounded away against W.
+  scale: per-coordinate scales s (a θ-shaped pytree of positive values, or one positive number per leaf): the
+  perturbation is σ·s⊙ε and the gradient weights each draw by ε/s (Stein's identity for N(θ, σ² diag s²)), so the
+  estimators stay unbiased for the gradient of the loss smoothed with that covariance. A draw is s⊙ε, and
+  `combine` divides by s².
   """
   check_bool("factored", factored)
+  scales = None if scale is None else _check_scale(scale)
 
   def sample(key, theta):
     leaves, treedef = jax.tree_util.tree_flatten(theta)
-    return jax.tree_util.tree_unflatten(treedef, draw_blocks(key, [jnp.shape(x) for x in leaves]))
+    draws = draw_blocks(key, [jnp.shape(x) for x in leaves])
+    if scales is not None:
+      draws = [s * e for s, e in zip(_scale_leaves(scales, treedef), draws)]
+    return jax.tree_util.tree_unflatten(treedef, draws)
 
   def perturb_leaf(x, e, scale, bits):
     if factored and _is_matrix(x):
@@ -77,11 +93,42 @@ def gaussian(factored: bool = False) -> Noise:
   def perturb(theta, eps, scale, key=None):
     return _perturb_leaves(perturb_leaf, theta, eps, scale, key)
 
-  return Noise(sample=sample, perturb=perturb, combine=weighted_sum, dense=lambda eps: eps)
+  def combine(coeffs, batch):
+    total = weighted_sum(coeffs, batch)
+    if scales is None:
+      return total
+    treedef = jax.tree_util.tree_structure(total)
+    return jax.tree_util.tree_unflatten(treedef, [t / jnp.square(s) for t, s in zip(
+        jax.tree_util.tree_leaves(total), _scale_leaves(scales, treedef))])
+
+  return Noise(sample=sample, perturb=perturb, combine=combine, dense=lambda eps: eps, leafwise=scales is None)
+
+
+def _check_scale(scale):
+  """A pytree of positive finite floats (numbers or arrays), kept as float32 arrays."""
+  leaves, treedef = jax.tree_util.tree_flatten(scale)
+  out = []
+  for leaf in leaves:
+    a = np.asarray(leaf, np.float32)
+    if not (a.size and np.all(np.isfinite(a)) and np.all(a > 0)):
+      raise ValueError(f"scale must be a θ-shaped pytree (or one number per leaf) of finite values > 0; got a leaf "
+                       f"{leaf!r}")
+    out.append(jnp.asarray(a))
+  return treedef, out
+
+
+def _scale_leaves(scales, theta_treedef):
+  treedef, leaves = scales
+  if treedef != theta_treedef:
+    raise ValueError(f"scale must have theta's pytree structure; got {treedef} for theta {theta_treedef}")
+  return leaves
 
 
 class LowRank(NamedTuple):
-  """Factors of one matrix draw: eps = a bᵀ/√r, with a (m×r) and b (n×r) standard normal."""
+  """Factors of one matrix draw: eps = a bᵀ/√r, with a (m×r) and b (n×r) standard normal.
+
+  For a leaf of shape (d₁, …, d_k) with k > 2, a has shape (d₁, …, d_{k-1}, r): the draw is a bᵀ/√r of the
+  matricisation (d₁·…·d_{k-1}) × d_k (see the module docstring), and `dense` is already in the leaf's shape."""
   a: jax.Array
   b: jax.Array
 
@@ -136,7 +183,8 @@ _OUTER_PRODUCT_RANK = 4   # up to this rank, PerturbedMatrix.correction forms (x
 
 
 def _is_matrix(x):
-  return jnp.ndim(x) == 2
+  """A leaf that is a matrix, or one over its matricisation (rank > 2; see the module docstring)."""
+  return jnp.ndim(x) >= 2
 
 
 def low_rank(rank: int = 1, factored: bool = False) -> Noise:
@@ -158,7 +206,8 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
     leaves, treedef = jax.tree_util.tree_flatten(theta)
     wanted = []
     for x in leaves:
-      wanted += [(jnp.shape(x)[0], rank), (jnp.shape(x)[1], rank)] if _is_matrix(x) else [jnp.shape(x)]
+      shape = jnp.shape(x)
+      wanted += [shape[:-1] + (rank,), (shape[-1], rank)] if _is_matrix(x) else [shape]
     blocks = iter(draw_blocks(key, wanted))
     return jax.tree_util.tree_unflatten(
         treedef, [LowRank(next(blocks), next(blocks)) if _is_matrix(x) else next(blocks) for x in leaves])
@@ -180,10 +229,11 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
   def combine_leaf(coeffs, e):
     if not isinstance(e, LowRank):
       return _weighted_leaf(coeffs, e)
-    n, m, r = e.a.shape
-    left = (e.a * coeffs.astype(e.a.dtype)[:, None, None]).transpose(1, 0, 2).reshape(m, n * r)
+    n, r, rows = e.a.shape[0], e.a.shape[-1], e.a.shape[1:-1]
+    a = e.a.reshape(n, -1, r)   # a leaf of rank > 2 over its matricisation
+    left = (a * coeffs.astype(e.a.dtype)[:, None, None]).transpose(1, 0, 2).reshape(a.shape[1], n * r)
     right = e.b.transpose(1, 0, 2).reshape(e.b.shape[1], n * r)
-    return left @ right.T / jnp.sqrt(jnp.asarray(r, e.a.dtype))
+    return (left @ right.T / jnp.sqrt(jnp.asarray(r, e.a.dtype))).reshape(rows + e.b.shape[1:2])
 
   def combine(coeffs, batch):
     return jax.tree_util.tree_map(lambda e: combine_leaf(coeffs, e), batch,
