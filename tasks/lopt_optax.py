@@ -75,9 +75,8 @@ def load(run_dir: str, num_steps=None) -> optax.GradientTransformation:
 
 
 def load_theta(run_dir: str):
-  """(θ, the task's LoptConfig) of a CLI run folder."""
+  """(θ, the task's LoptConfig) of a CLI run folder, from its newest valid checkpoint's θ."""
   from tasks import learned_optimizer
-  from unrolled_es import cli
   from unrolled_es.checkpoint import restore_latest
 
   path = os.path.join(run_dir, "config.json")
@@ -88,20 +87,9 @@ def load_theta(run_dir: str):
     cfg = json.load(f)
   if cfg.get("task") != "learned_optimizer":
     raise ValueError(f"run_dir {run_dir!r} holds a run of task {cfg.get('task')!r}, not learned_optimizer")
-  task = learned_optimizer.learned_optimizer(**cfg["task_args"])
-  template = _checkpoint_template(cfg, task, cli)
-  restored = restore_latest(os.path.join(run_dir, "checkpoints"), template)
+  config = learned_optimizer.make_config(**cfg["task_args"])
+  theta0 = learned_optimizer.learned_optimizer(**cfg["task_args"]).theta0
+  restored = restore_latest(os.path.join(run_dir, "checkpoints"), theta0, part="theta")
   if restored is None:
     raise ValueError(f"run_dir {run_dir!r} holds no checkpoint yet")
-  return restored[0]["theta"], learned_optimizer.make_config(**cfg["task_args"])
-
-
-def _checkpoint_template(cfg, task, cli):
-  """The structure the CLI's train loop checkpoints: θ, the outer optimizer's and the estimator's states, key."""
-  ctor = cli.estimator_constructors()[cfg["estimator"]]
-  estimator = cli._build_estimator(cfg, task, ctor)
-  optimizer = cli.make_optimizer(cfg["optimizer"], cfg["lr"])
-  key = jax.random.key(cfg["seed"])
-  init_key = jax.random.split(key, 3)[0]
-  return jax.eval_shape(lambda: {"theta": task.theta0, "opt_state": optimizer.init(task.theta0),
-                                 "est_state": estimator.init(init_key, task.theta0), "key": key})
+  return restored[0], config

@@ -137,6 +137,16 @@ def test_checkpoint_roundtrip_is_exact_and_keeps_two(tmp_path):
   assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(tree)
 
 
+def test_one_part_of_a_checkpoint_restores_alone(tmp_path):
+  theta = {"w": jnp.arange(3.0), "b": jnp.array(0.5, jnp.bfloat16)}
+  bundle = {"theta": theta, "opt_state": optax.adam(1e-3).init(theta), "key": jax.random.key(1)}
+  ckpt.save(str(tmp_path), 1, bundle)
+  got, step, _ = ckpt.restore_latest(str(tmp_path), jax.eval_shape(lambda: theta), part="theta")
+  assert step == 1 and bits(got) == bits(theta)
+  with pytest.raises(ckpt.CheckpointError, match="different pytree structure"):
+    ckpt.restore_latest(str(tmp_path), {"w": jnp.zeros(3)}, part="theta")
+
+
 def test_load_rejects_mismatches(tmp_path):
   d = str(tmp_path)
   tree = {"w": jnp.zeros(3), "n": jnp.zeros((), jnp.int32)}

@@ -171,20 +171,9 @@ def _read(path):
   return header, raws
 
 
-def load(path: str, template, *, config_fingerprint: str | None = None):
-  """Reads checkpoint `path`, checked against `template`. Returns (tree, step, metadata).
-
-  `template` is a pytree with the expected structure, shapes and dtypes (arrays or ShapeDtypeStructs).
-  If `config_fingerprint` is given it must equal the one stored.
-  """
-  header, raws = _read(path)
-  if config_fingerprint is not None and header["fingerprint"] != config_fingerprint:
-    raise CheckpointError(f"checkpoint {path} was written by a different configuration "
-                          f"(fingerprint {header['fingerprint'][:12]}, expected {config_fingerprint[:12]})")
-  treedef = jax.tree_util.tree_structure(template)
-  expected = _template_records(template)
-  stored = [(r["path"], r["shape"], r["dtype"]) for r in header["leaves"]]
-  if str(treedef) != header["treedef"] or len(expected) != len(stored):
+def _check_leaves(path, expected, stored, treedef_ok):
+  """Raises CheckpointError unless the stored leaves (path, shape, dtype) are the expected ones."""
+  if not treedef_ok or len(expected) != len(stored):
     names = lambda records: ", ".join(r[0] for r in records[:6]) + (", ..." if len(records) > 6 else "")
     raise CheckpointError(f"checkpoint {path} holds a different pytree structure: {len(stored)} leaves "
                           f"({names(stored)}), expected {len(expected)} ({names(expected)})")
@@ -192,12 +181,35 @@ def load(path: str, template, *, config_fingerprint: str | None = None):
     if tuple(e) != (s[0], list(s[1]), s[2]):
       raise CheckpointError(f"checkpoint {path}: leaf {s[0]} has shape {s[1]} dtype {s[2]}, "
                             f"expected {e[0]} with shape {e[1]} dtype {e[2]}")
-  leaves = [_leaf_from(r, raw) for r, raw in zip(header["leaves"], raws)]
+
+
+def load(path: str, template, *, config_fingerprint: str | None = None, part: str | None = None):
+  """Reads checkpoint `path`, checked against `template`. Returns (tree, step, metadata).
+
+  `template` is a pytree with the expected structure, shapes and dtypes (arrays or ShapeDtypeStructs).
+  If `config_fingerprint` is given it must equal the one stored. With `part` (a top-level key of a checkpointed
+  dict, e.g. "theta"), only that entry is read and `template` is its template: a run's θ can be restored without
+  rebuilding its optimizer's and estimator's states.
+  """
+  header, raws = _read(path)
+  if config_fingerprint is not None and header["fingerprint"] != config_fingerprint:
+    raise CheckpointError(f"checkpoint {path} was written by a different configuration "
+                          f"(fingerprint {header['fingerprint'][:12]}, expected {config_fingerprint[:12]})")
+  treedef = jax.tree_util.tree_structure(template)
+  expected = _template_records(template)
+  records = list(zip(header["leaves"], raws))
+  if part is not None:
+    prefix = f"[{part!r}]"
+    records = [(dict(r, path=r["path"][len(prefix):]), raw) for r, raw in records if r["path"].startswith(prefix)]
+  stored = [(r["path"], r["shape"], r["dtype"]) for r, _ in records]
+  _check_leaves(path, expected, stored, part is not None or str(treedef) == header["treedef"])
+  leaves = [_leaf_from(r, raw) for r, raw in records]
   return jax.tree_util.tree_unflatten(treedef, leaves), header["step"], header["metadata"]
 
 
-def restore_latest(directory: str, template, *, config_fingerprint: str | None = None):
-  """Loads the newest usable checkpoint in `directory`, or returns None if there is none.
+def restore_latest(directory: str, template, *, config_fingerprint: str | None = None, part: str | None = None):
+  """Loads the newest usable checkpoint in `directory` (or only its `part`, see `load`), or returns None if there
+  is none.
 
   A damaged newest file is skipped with a warning in favour of the previous one; a configuration or
   structure mismatch is raised at once (an older file of the same run would not match either).
@@ -206,7 +218,7 @@ def restore_latest(directory: str, template, *, config_fingerprint: str | None =
   errors = []
   for _, path in reversed(found):
     try:
-      result = load(path, template, config_fingerprint=config_fingerprint)
+      result = load(path, template, config_fingerprint=config_fingerprint, part=part)
     except CorruptCheckpointError as e:
       warnings.warn(f"{e}; falling back to an older checkpoint", RuntimeWarning, stacklevel=2)
       errors.append(str(e))
