@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from tasks import lopt_network, lopt_problems
 from tasks.base import Task
+from tasks.models import check_hidden
 from tasks.lopt_network import LoptSpec
 from tasks.lopt_optax import as_optax, load, load_theta
 from tasks.lopt_problems import Family
@@ -83,13 +84,15 @@ def learned_optimizer(horizon: int = 200, hidden=(32, 32), activation: str = "ge
                       meta_loss: str = "valid", lopt_hidden=(8,), lopt_lr: float = 0.02,
                       step_range: float = math.log(10), direction_scale: float = 1.0,
                       time_features: str = "fraction", schedule: str = "cosine",
-                      fan_in_power: float = FAN_IN_POWER, seed: int = 0) -> Task:
+                      fan_in_power: float = FAN_IN_POWER, seed: int = 0, extra_widths=()) -> Task:
   """The learned-optimizer task (see the module docstring).
 
   Settings: NRES's σ = 0.01 and window K = 1 with an outer Adam (Li et al. 2023); the number of particles, the
   outer learning rate (1e-3, NRES 3e-4) and the steps are ours, sized for a CPU. evaluate -> meta_loss (the
   system's mean loss over one episode), final_train_loss (the last 10% of steps, / log C), test_loss (/ log C)
-  and test_accuracy of the final classifier.
+  and test_accuracy of the final classifier. extra_widths: further MLP widths meta-trained in the same outer
+  step (`Task.extra_systems`, combined by `unrolled_es.multi_task` on the command line); the report then calls
+  them meta-trained, not held out.
   """
   config = make_config(horizon, hidden, activation, batch_size, data_path, datasets, vary, meta_loss, lopt_hidden,
                        lopt_lr, step_range, direction_scale, time_features, schedule, fan_in_power, seed)
@@ -97,8 +100,11 @@ def learned_optimizer(horizon: int = 200, hidden=(32, 32), activation: str = "ge
   settings = {"sigma": 0.01, "num_particles": 64, "truncation_length": 1, "outer_lr": 1e-3,
               "optimizer": "adam", "steps": 4000}
   from tasks import lopt_eval
+  extra_widths = tuple(check_hidden("extra_widths", w) for w in extra_widths)
+  extra = tuple((s, 1.0) for s in systems_by_width(config, extra_widths))
   return Task("learned_optimizer", system(config), theta0, functools.partial(evaluate, config), settings,
-              report=functools.partial(lopt_eval.report, config, theta0))
+              report=functools.partial(lopt_eval.report, config, theta0, trained_widths=extra_widths),
+              extra_systems=extra)
 
 
 def evaluate(config: LoptConfig, theta, key):

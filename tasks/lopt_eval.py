@@ -39,15 +39,18 @@ class EvalProblem(NamedTuple):
   steps: int
 
 
-def problems(config) -> list:
-  """The report's problems for a LoptConfig: its own distribution, then one held-out change at a time."""
+def problems(config, trained_widths=()) -> list:
+  """The report's problems for a LoptConfig: its own distribution, then one held-out change at a time (a width
+  in `trained_widths` was meta-trained too, and is labelled so)."""
   fam, horizon = config.family, config.horizon
   out = [EvalProblem(f"meta-training distribution ({_width(fam.hidden)})", fam, horizon)]
+  trained = {tuple(w) for w in trained_widths}
   for hidden in ((64, 64), (16,), (32, 32, 32)):
     if tuple(hidden) != tuple(fam.hidden):
       kind = "depth" if len(hidden) != len(fam.hidden) and len(set(hidden)) == 1 and hidden[0] in fam.hidden \
           else "width"
-      out.append(EvalProblem(f"held-out {kind} {_width(hidden)}", fam._replace(hidden=tuple(hidden)), horizon))
+      status = "meta-trained" if tuple(hidden) in trained else "held-out"
+      out.append(EvalProblem(f"{status} {kind} {_width(hidden)}", fam._replace(hidden=tuple(hidden)), horizon))
   out.append(EvalProblem("held-out dataset (breast cancer)",
                          fam._replace(datasets=("breast_cancer",), vary=False, data_path=None), horizon))
   out.append(EvalProblem(f"5x horizon ({5 * horizon} steps)", fam, 5 * horizon))
@@ -165,13 +168,13 @@ def _row(label, name, s, adam):
   return row
 
 
-def report(config, theta0, theta, out_dir, seeds: int = 8, problem_list=None):
+def report(config, theta0, theta, out_dir, seeds: int = 8, problem_list=None, trained_widths=()):
   """The meta-trained θ and the untrained θ0 against tuned Adam on `problems(config)`, on `seeds` held-out
   seeds. Writes lopt_vs_adam.json and lopt_vs_adam.png to out_dir; returns the table's rows."""
   seeds = check_int("seeds", seeds, 2)
   thetas = {"learned (meta-trained)": theta, "learned (untrained θ0)": theta0}
   rows, curves, extra = [], {}, {}
-  for problem in problem_list or problems(config):
+  for problem in problem_list or problems(config, trained_widths):
     r, c, e = evaluate_problem(problem, config.spec, thetas, seeds)
     rows += r
     curves[problem.label] = {k: v.tolist() for k, v in c.items()}

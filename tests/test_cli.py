@@ -272,3 +272,18 @@ def test_bad_noise_and_device_flags_are_one_line_exit_2(tmp_path, capsys, argv, 
           "4", "--truncation", "5", "--steps", "1", "--out", str(tmp_path), "--no-progress"]
   assert cli.main(base + argv) == 2
   assert message in error_line(capsys)
+
+
+def test_a_task_with_systems_of_other_shapes_trains_them_in_one_step(monkeypatch, tmp_path):
+  import unrolled_es as ue
+  wide = toy_task(horizon=20)._replace(system=toy_task(horizon=12).system)
+  task = toy_task(horizon=20)._replace(extra_systems=((wide.system, 3.0),))
+  monkeypatch.setattr(cli, "task_names", lambda: ("toy",))
+  monkeypatch.setattr(cli, "build_task", lambda name, **kw: task)
+  monkeypatch.setattr(cli, "estimator_constructors", lambda: {"es_single": ue.es_single})
+  argv = ["train", "--task", "toy", "--estimator", "es_single", "--steps", "2", "--out", str(tmp_path),
+          "--no-progress", "--no-report"]
+  assert cli.main(argv) == 0
+  last = records(tmp_path)[-1]
+  assert {"task0/loss", "task1/loss"} <= set(last)
+  assert last["loss"] == pytest.approx(0.25 * last["task0/loss"] + 0.75 * last["task1/loss"], rel=1e-5)

@@ -252,13 +252,24 @@ def _build_estimator(cfg, task, ctor):
     raise UsageError(f"estimator {cfg['estimator']!r} takes no option {', '.join(unknown)}; it takes: {takes}")
   kw.update(cfg["estimator_args"])
   try:
-    estimator = ctor(task.system, **kw)
+    estimator = _on_every_system(ctor, task, kw)
     if cfg.get("clip_gradient") is not None:
       import unrolled_es
       estimator = unrolled_es.clip_gradient(estimator, cfg["clip_gradient"])
     return estimator
   except (ValueError, TypeError) as e:
     raise UsageError(f"estimator {cfg['estimator']!r}: {e}") from None
+
+
+def _on_every_system(ctor, task, kw):
+  """The estimator on the task's system, or, when the task has further systems of other shapes, one estimator
+  per system combined by unrolled_es.multi_task."""
+  extra = tuple(getattr(task, "extra_systems", ()) or ())
+  if not extra:
+    return ctor(task.system, **kw)
+  import unrolled_es
+  systems, weights = [task.system] + [s for s, _ in extra], [1.0] + [float(w) for _, w in extra]
+  return unrolled_es.multi_task([ctor(system, **kw) for system in systems], weights=weights)
 
 
 def _robustness_options(cfg, params):
