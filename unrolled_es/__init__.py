@@ -4,9 +4,10 @@
     state = est.init(key, theta)
     grad, state, info = est.estimate(key, theta, state)   # grad feeds any optax optimizer
 """
-from unrolled_es import fitness, horizons, rules
+from unrolled_es import fitness, horizons, pruning, rules
 from unrolled_es.clipping import clip_gradient
 from unrolled_es.genetic import deep_ga
+from unrolled_es.snes import snes
 from unrolled_es.engine import es_estimator
 from unrolled_es.estimator import GradientEstimator, particle_mesh
 from unrolled_es.estimators import (baseline_es, es_single, full_bptt, full_es, generalized_pes, make, nres, pes,
@@ -21,5 +22,5 @@ from unrolled_es.system import UnrolledSystem, evaluate
 ESTIMATORS = tuple(registered())  # the names at import; `registered()` also lists estimators registered later
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
-           "linear", "materialize", "haiku_apply", "particle_mesh", "make", "multi_task", "Rule", "rules", "horizons", "fitness", "clip_gradient", "deep_ga",
+           "linear", "materialize", "haiku_apply", "particle_mesh", "make", "multi_task", "Rule", "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "pruning",
            "es_estimator", "register", "registered", *ESTIMATORS, "ESTIMATORS"]
