@@ -12,6 +12,8 @@ from unrolled_es.engine import es_estimator
 from unrolled_es.estimator import GradientEstimator, particle_mesh
 from unrolled_es.estimators import (baseline_es, es_single, full_bptt, full_es, generalized_pes, make, nres, pes,
                                     register, registered, truncated_bptt, truncated_es)
+from unrolled_es.equinox_layers import equinox_model
+from unrolled_es.flax_layers import flax_apply
 from unrolled_es.haiku_layers import haiku_apply
 from unrolled_es.layers import linear, materialize
 from unrolled_es.multi_task import multi_task
@@ -22,5 +24,6 @@ from unrolled_es.system import UnrolledSystem, evaluate
 ESTIMATORS = tuple(registered())  # the names at import; `registered()` also lists estimators registered later
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
-           "linear", "materialize", "haiku_apply", "particle_mesh", "make", "multi_task", "Rule", "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "pruning",
-           "es_estimator", "register", "registered", *ESTIMATORS, "ESTIMATORS"]
+           "linear", "materialize", "haiku_apply", "flax_apply", "equinox_model", "particle_mesh", "make", "multi_task", "Rule",
+           "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "pruning", "es_estimator", "register",
+           "registered", *ESTIMATORS, "ESTIMATORS"]
