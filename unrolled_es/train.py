@@ -129,7 +129,8 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
           checkpoint_dir: str | None = None, checkpoint_every: int = 100, keep_checkpoints: int = 2,
           resume: bool = False, config: dict | None = None, metrics_path: str | None = None,
           sequential_steps_per_update: int | None = None, callback: Callable | None = None,
-          progress: bool = True, progress_desc: str = "train", after_update: Callable | None = None) -> TrainResult:
+          progress: bool = True, progress_desc: str = "train", after_update: Callable | None = None,
+          tensorboard_dir: str | None = None) -> TrainResult:
   """Runs `steps` outer steps of `optimizer` on the estimator's gradient, starting from `theta`.
 
   estimator:     a GradientEstimator (`init(key, theta)`, `estimate(key, theta, state)`).
@@ -149,6 +150,9 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
   callback:      `callback(step, theta, record)` after each step; a truthy return stops training early.
   after_update:  `after_update(theta, est_state) -> theta`, jit-able, applied after each optimizer update
                  (see make_outer_step).
+  tensorboard_dir: also write every logged record's numbers as TensorBoard scalars (tag = the record's key,
+                 step = the outer step) to an event file in this folder; needs tensorboardX (the `tensorboard`
+                 extra). A resumed run appends a new event file, which TensorBoard reads together with the old one.
 
   Records hold: step, loss (the estimator's window loss), total_inner_steps and sequential_inner_steps
   (cumulative), num_nonfinite, skipped, num_skipped, grad_norm, wall_time (seconds, summed over resumes),
@@ -163,7 +167,8 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
     _write_jsonl(metrics_path, metrics)
   loop = _Loop(make_outer_step(estimator, optimizer, after_update), jax.jit(evaluate) if evaluate else None,
                train_key, eval_key, steps, eval_every, log_every, checkpoint_every, sequential_steps_per_update,
-               callback, _Recorder(metrics, metrics_path), _Clock(run.wall, run.total),
+               callback, _Recorder(metrics, metrics_path, _tensorboard_writer(tensorboard_dir)),
+               _Clock(run.wall, run.total),
                functools.partial(_save, checkpoint_dir, fingerprint, key, keep_checkpoints, metrics),
                _progress_bar(progress, steps, run.step, progress_desc))
   try:
@@ -171,6 +176,8 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
   finally:
     if loop.bar is not None:
       loop.bar.close()
+    if loop.recorder.tensorboard is not None:
+      loop.recorder.tensorboard.close()
   del metrics[run.num_records:]
   return TrainResult(run.theta, run.opt_state, run.est_state, run.step, metrics, run.num_skipped)
 
@@ -213,15 +220,30 @@ def _start(estimator, optimizer, theta, key, init_key, checkpoint_dir, resume, f
 
 
 class _Recorder(NamedTuple):
-  """The logged records, in memory and appended to metrics.jsonl as they come."""
+  """The logged records, in memory and appended to metrics.jsonl (and TensorBoard, if asked) as they come."""
   records: list
   path: str | None
+  tensorboard: Any = None   # a tensorboardX SummaryWriter
 
   def emit(self, record):
     self.records.append(record)
     if self.path is not None:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+    if self.tensorboard is not None:
+      for name, value in record.items():
+        if name != "step" and isinstance(value, (int, float)):   # None (non-finite) is left out, as in the JSON
+          self.tensorboard.add_scalar(name, float(value), record["step"])
+
+
+def _tensorboard_writer(logdir):
+  if logdir is None:
+    return None
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    raise ValueError("tensorboard_dir needs tensorboardX: pip install 'unrolled_es[tensorboard]'") from None
+  return SummaryWriter(logdir)
 
 
 class _Clock:
