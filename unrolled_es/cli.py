@@ -25,7 +25,7 @@ FINGERPRINTED = ("task", "task_args", "estimator", "estimator_args", "particles"
                  "optimizer", "seed", "antithetic", "stagger")
 SHAPINGS = ("centered_ranks", "z_scores")
 NOISES = ("gaussian", "low_rank")
-RUN_FILES = ("config.json", "metrics.jsonl", "meta_loss.png", "checkpoints")
+RUN_FILES = ("config.json", "metrics.jsonl", "meta_loss.png", "checkpoints", "tensorboard")
 _FLAG = {k: "--" + k.replace("_args", "-arg") for k in FINGERPRINTED}  # e.g. task_args -> --task-arg
 
 
@@ -150,6 +150,8 @@ def make_parser() -> argparse.ArgumentParser:
   g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
   g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
   t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+  t.add_argument("--tensorboard", action="store_true",
+                 help="also log every metrics record to TensorBoard in <out>/tensorboard (needs tensorboardX)")
   t.add_argument("--no-report", dest="report", action="store_false",
                  help="skip the task's end-of-run report (e.g. the learned optimizer's comparison with Adam)")
   return p
@@ -368,7 +370,7 @@ def _read_saved_config(out):
   return saved
 
 
-def _train(train, estimator, optimizer, task, cfg, out, resume, sequential, progress):
+def _train(train, estimator, optimizer, task, cfg, out, resume, sequential, progress, tensorboard=False):
   import jax
 
   from unrolled_es.checkpoint import CheckpointError
@@ -380,7 +382,8 @@ def _train(train, estimator, optimizer, task, cfg, out, resume, sequential, prog
                  resume=resume, config={k: cfg.get(k) for k in FINGERPRINTED},
                  metrics_path=os.path.join(out, "metrics.jsonl"), sequential_steps_per_update=sequential,
                  progress=progress, progress_desc=f"{cfg['task']}/{cfg['estimator']}",
-                 after_update=getattr(task, "after_update", None))
+                 after_update=getattr(task, "after_update", None),
+                 tensorboard_dir=os.path.join(out, "tensorboard") if tensorboard else None)
   except CheckpointError as e:
     raise UsageError(f"{e}; pass --overwrite to start over") from None
   except ValueError as e:  # the library's argument checks, e.g. a theta the estimator cannot perturb
@@ -443,7 +446,8 @@ def cmd_train(args) -> int:
   with warnings.catch_warnings():
     # one line per warning (e.g. a damaged checkpoint skipped), printed when it happens
     warnings.showwarning = lambda message, *a, **k: print(f"unrolled-es: warning: {message}", file=sys.stderr)
-    result = _train(train, estimator, optimizer, task, cfg, out, saved is not None, sequential, args.progress)
+    result = _train(train, estimator, optimizer, task, cfg, out, saved is not None, sequential, args.progress,
+                    getattr(args, "tensorboard", False))
   if result is None:
     return 130
   _finish(cfg, task, result, out, args.report)
