@@ -135,6 +135,9 @@ def make_parser() -> argparse.ArgumentParser:
   t.add_argument("--clip-differences", type=pos_float, metavar="C",
                  help="limit each particle's window-mean loss difference to [-C, C]")
   t.add_argument("--clip-gradient", type=pos_float, metavar="C", help="limit the estimate's global norm to C")
+  t.add_argument("--diagnostics", action="store_true", default=None,
+                 help="report and plot the estimate's variance from its particles (variance ratio, effective "
+                 "particles)")
   t.add_argument("--lr", type=pos_float, help="outer learning rate")
   t.add_argument("--optimizer", choices=OPTIMIZERS, help="outer optimizer")
   t.add_argument("--steps", type=pos_int, help="outer steps")
@@ -185,7 +188,7 @@ def _resolve(args, saved):
   """The full configuration: command line, else the saved run (on --resume), else the task's settings."""
   cfg = dict(saved or {})
   cfg.update(_explicit(args))
-  for k in ("steps", "eval_every", "checkpoint_every", "log_every"):
+  for k in ("steps", "eval_every", "checkpoint_every", "log_every", "diagnostics"):
     if getattr(args, k) is not None:
       cfg[k] = getattr(args, k)
   cfg.setdefault("task_args", {})
@@ -238,7 +241,7 @@ def _build_estimator(cfg, task, ctor):
   params = inspect.signature(ctor).parameters
   open_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
   kw = {"num_particles": cfg["particles"], "sigma": cfg["sigma"], "truncation_length": cfg["truncation"],
-        "antithetic": cfg.get("antithetic"), "stagger": cfg.get("stagger")}
+        "antithetic": cfg.get("antithetic"), "stagger": cfg.get("stagger"), "diagnostics": cfg.get("diagnostics")}
   kw = {k: v for k, v in kw.items() if v is not None and k in params}
   noise = _build_noise(cfg, "noise" in params)
   if noise is not None:
@@ -413,8 +416,8 @@ def _prepare_out(args):
     return out, None
   saved = _read_saved_config(out)
   _check_same_run(out, saved, _explicit(args))
-  return out, {k: saved[k] for k in FINGERPRINTED + ("steps", "eval_every", "checkpoint_every", "log_every")
-               if k in saved}
+  return out, {k: saved[k] for k in FINGERPRINTED + ("steps", "eval_every", "checkpoint_every", "log_every",
+                                                    "diagnostics") if k in saved}
 
 
 def _configure(args, saved):
@@ -501,13 +504,25 @@ def format_table(rows) -> str:
 
 
 def plot_metrics(metrics, path, title=""):
-  """PNG of the training (window) loss and the evaluated meta-loss against total inner steps."""
+  """PNG of the training (window) loss and the evaluated meta-loss against total inner steps, and, when the run
+  has diagnostics, the estimate's variance ratio and effective number of particles."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  fig = Figure(figsize=(6.4, 4.0), dpi=120)
+  diag = [(r["total_inner_steps"], r["variance_ratio"], r.get("effective_particles")) for r in metrics
+          if r.get("variance_ratio") is not None]
+  fig = Figure(figsize=(6.4, 6.8 if diag else 4.0), dpi=120)
   FigureCanvasAgg(fig)
-  ax = fig.add_subplot()
+  _plot_losses(fig.add_subplot(2 if diag else 1, 1, 1), metrics, title)
+  if diag:
+    _plot_diagnostics(fig.add_subplot(2, 1, 2), diag)
+  fig.subplots_adjust(left=0.12, right=0.88, bottom=0.08 if diag else 0.12, top=0.95, hspace=0.3)
+  tmp = path + ".tmp"
+  fig.savefig(tmp, format="png")
+  os.replace(tmp, path)
+
+
+def _plot_losses(ax, metrics, title):
   train = [(r["total_inner_steps"], r["loss"]) for r in metrics if r.get("loss") is not None]
   evals = [(r["total_inner_steps"], r["eval_meta_loss"]) for r in metrics if r.get("eval_meta_loss") is not None]
   if train:
@@ -517,16 +532,23 @@ def plot_metrics(metrics, path, title=""):
   ys = [y for _, y in train + evals]
   if ys and min(ys) > 0 and max(ys) > 20 * min(ys):
     ax.set_yscale("log")
-  ax.set_xlabel("total inner steps")
-  ax.set_ylabel("loss")
-  ax.set_title(title)
+  ax.set(xlabel="total inner steps", ylabel="loss", title=title)
   ax.grid(alpha=0.3)
   if train or evals:
     ax.legend()
-  fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)  # tight_layout costs more than the run
-  tmp = path + ".tmp"
-  fig.savefig(tmp, format="png")
-  os.replace(tmp, path)
+
+
+def _plot_diagnostics(ax, diag):
+  steps, ratio, eff = zip(*diag)
+  ax.plot(steps, ratio, lw=0.8, color="C3", label="tr Var(ĝ) / ‖ĝ‖²")
+  ax.set(xlabel="total inner steps", ylabel="variance ratio", yscale="log")
+  ax.grid(alpha=0.3)
+  if all(e is not None for e in eff):
+    twin = ax.twinx()
+    twin.plot(steps, eff, lw=0.8, color="C4", label="effective particles")
+    twin.set_ylabel("effective particles")
+    twin.legend(loc="upper right", fontsize=8)
+  ax.legend(loc="upper left", fontsize=8)
 
 
 def run_report(name, task, theta, out):

@@ -129,7 +129,10 @@ def es_gradient(rule, s: Settings, out: Outcome, theta):
   diffs = rule.pairing.differences(out.losses, out.valid)
   diffs, extra = (diffs, {}) if s.fitness is None else s.fitness.transform(diffs, out.valid)
   c = gradient.coefficients(diffs, out.after_reset, out.valid, s.sigma, s.truncation_length)
-  return gradient.combine(s.noise, c, out.weight, out.eps_post, theta), extra
+  grad = gradient.combine(s.noise, c, out.weight, out.eps_post, theta)
+  if s.diagnostics:
+    extra = dict(extra, **gradient.diagnostics(s.noise, c, out.weight, out.eps_post, grad, out.valid))
+  return grad, extra
 
 
 def burn_in(window_fn, s: Settings, horizon: float, p, key):
@@ -157,7 +160,7 @@ def _info(s: Settings, out: Outcome):
 
 def es_estimator(system, rule: rules.Rule, **settings) -> GradientEstimator:
   """The GradientEstimator that runs `rule` on `system` with the shared settings (see estimator.settings):
-  num_particles, sigma, truncation_length, stagger, noise, mask, mesh, horizons, fitness."""
+  num_particles, sigma, truncation_length, stagger, noise, mask, mesh, horizons, fitness, diagnostics."""
   s = make_settings(system, members=len(rule.pairing.signs), **settings)
 
   def init(key, theta):

@@ -36,6 +36,7 @@ class Settings(NamedTuple):
   mask: Any = None               # θ-shaped pytree of bools, or None
   horizons: Any = None           # a schedule of per-episode lengths (unrolled_es.horizons), or None: the system's T
   fitness: Any = None            # a transform of the loss differences (unrolled_es.fitness), or None: raw
+  diagnostics: bool = False      # report the estimate's variance from its particles in info
 
   def episode_length(self, system) -> int | None:
     """The one length every episode has (None when the schedule varies)."""
@@ -66,7 +67,8 @@ def _check_noise(noise):
 
 
 def settings(system: UnrolledSystem, *, members: int, num_particles, truncation_length=None, sigma=None,
-             noise=None, stagger=False, mask=None, mesh=None, horizons=None, fitness=None) -> Settings:
+             noise=None, stagger=False, mask=None, mesh=None, horizons=None, fitness=None,
+             diagnostics=False) -> Settings:
   """Checks the shared constructor arguments. truncation_length None: whole episodes (K = T); sigma None: no
   noise (the autodiff baselines); horizons: a per-episode length schedule (None: every episode has T steps);
   fitness: a transform of the loss differences (None: the raw differences, unbiased)."""
@@ -83,7 +85,8 @@ def settings(system: UnrolledSystem, *, members: int, num_particles, truncation_
   _check_mesh(mesh, num_particles)
   horizons = horizon_schedules.check(horizons, k)
   fitness = fitness_transforms.check(fitness)
-  return Settings(num_particles, k, members, sigma, noise, stagger, mesh, mask, horizons, fitness)
+  check_bool("diagnostics", diagnostics)
+  return Settings(num_particles, k, members, sigma, noise, stagger, mesh, mask, horizons, fitness, diagnostics)
 
 
 def checked_call(system: UnrolledSystem, s: Settings, key, theta):

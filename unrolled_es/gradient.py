@@ -71,3 +71,52 @@ def info(losses, valid, resets, num_particles: int, members: int, truncation_len
           "resets": jnp.sum(resets).astype(jnp.int32),
           "inner_steps": jnp.asarray(num_particles * members * truncation_length, jnp.int32),
           "sequential_inner_steps": jnp.asarray(truncation_length, jnp.int32)}
+
+
+def _product_leaf(a, b):
+  """The elementwise product of two draws of one leaf, in a form `noise.combine` sums: low-rank factors multiply
+  into rank r₁·r₂ factors ((a bᵀ/√r)⊙(c dᵀ/√s) = Σ (a_k c_l)(b_k d_l)ᵀ / √(rs)); anything else densely."""
+  from unrolled_es.noise import LowRank
+  if isinstance(a, LowRank) and isinstance(b, LowRank):
+    lead = a.a.shape[:-2]
+    fa = (a.a[..., :, None] * b.a[..., None, :]).reshape(lead + (a.a.shape[-2], -1))
+    fb = (a.b[..., :, None] * b.b[..., None, :]).reshape(lead + (a.b.shape[-2], -1))
+    return LowRank(fa, fb)
+  dense = lambda x: x.dense() if isinstance(x, LowRank) else x
+  return dense(a) * dense(b)
+
+
+def _product(x, y):
+  from unrolled_es.noise import LowRank
+  is_draw = lambda e: isinstance(e, LowRank)
+  return jax.tree_util.tree_map(_product_leaf, x, y, is_leaf=is_draw)
+
+
+def _ravel_sq(tree):
+  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree))
+
+
+def diagnostics(noise, c: Coefficients, weight_pre, eps_post, grad, valid) -> dict:
+  """How noisy this estimate is, from its own particles (cheap: about one more `combine`).
+
+  ĝ is the mean of n per-particle estimates h_i = n·(c_i^pre w_i + c_i^post ε_i^post). Per coordinate,
+  Var(ĝ_j) = (Σ_i h_ij² − n ĝ_j²) / (n(n − 1)); "gradient_variance" is that θ-shaped pytree, "variance_ratio" its
+  sum over ‖ĝ‖² (≫ 1: the estimate is mostly noise; more particles or a larger σ help), and
+  "effective_particles" (Σ_i |c_i|)² / Σ_i c_i² with c_i = |c_i^pre| + |c_i^post|: how many particles the
+  estimate effectively rests on (n when every particle's loss difference is alike, 1 when one dominates).
+  """
+  n = jnp.sum(valid).astype(jnp.float32)
+  ones = jnp.ones((1,), jnp.float32)
+  terms = [noise.combine(c.pre ** 2, _product(weight_pre, weight_pre)),
+           noise.combine(c.post ** 2, _product(eps_post, eps_post)),
+           noise.combine(2 * c.pre * c.post, _product(weight_pre, eps_post))]
+  # combine divides by the noise's scale once (gradient units); a square needs it twice.
+  second = jax.tree_util.tree_map(lambda *t: sum(t), *terms)
+  second = noise.combine(ones, jax.tree_util.tree_map(lambda x: x[None], second))
+  g32 = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grad)
+  variance = jax.tree_util.tree_map(lambda s2, g: (n * n * s2 - n * g * g) / jnp.maximum(n * (n - 1), 1.0),
+                                    second, g32)
+  magnitude = jnp.abs(c.pre) + jnp.abs(c.post)
+  total = sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(variance))
+  return {"gradient_variance": variance, "variance_ratio": total / jnp.maximum(_ravel_sq(g32), 1e-30),
+          "effective_particles": jnp.sum(magnitude) ** 2 / jnp.maximum(jnp.sum(magnitude ** 2), 1e-30)}

@@ -25,11 +25,11 @@ RULE = rules.Rule(redraw=rules.never, weighting=rules.CURRENT_DRAW, pairing=rule
 
 @register("baseline_es")
 def baseline_es(system, *, num_particles, sigma, truncation_length, stagger=True, noise=None, mask=None,
-                mesh=None, horizons=None, fitness=None) -> GradientEstimator:
+                mesh=None, horizons=None, fitness=None, diagnostics=False) -> GradientEstimator:
   """ES-Single with the particle's unperturbed run as baseline (one-sided; reports the unperturbed loss)."""
   est = es_estimator(system, RULE, num_particles=num_particles, sigma=sigma, truncation_length=truncation_length,
-                     stagger=stagger, noise=noise, mask=mask, mesh=mesh,
-                      horizons=horizons, fitness=fitness)
+                     stagger=stagger, noise=noise, mask=mask, mesh=mesh, horizons=horizons, fitness=fitness,
+                     diagnostics=diagnostics)
 
   def estimate(key, theta, state):
     grad, state, info = est.estimate(key, theta, state)

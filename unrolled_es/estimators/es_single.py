@@ -21,11 +21,11 @@ RULE = rules.Rule(redraw=rules.never, weighting=rules.CURRENT_DRAW)
 
 @register("es_single")
 def es_single(system, *, num_particles, sigma, truncation_length, antithetic=True, stagger=True, noise=None,
-              mask=None, mesh=None, horizons=None, fitness=None) -> GradientEstimator:
+              mask=None, mesh=None, horizons=None, fitness=None, diagnostics=False) -> GradientEstimator:
   """ES-Single / NRES: one draw per particle per episode (unbiased, variance flat in the number of windows)."""
   return es_estimator(system, RULE._replace(pairing=rules.pairing_for(antithetic)), num_particles=num_particles,
                       sigma=sigma, truncation_length=truncation_length, stagger=stagger, noise=noise, mask=mask,
-                      mesh=mesh, horizons=horizons, fitness=fitness)
+                      mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics)
 
 
 nres = register("nres", es_single)

@@ -15,7 +15,7 @@ RULE = rules.Rule(redraw=rules.never, weighting=rules.CURRENT_DRAW, whole_episod
 
 @register("full_es")
 def full_es(system, *, num_particles, sigma, antithetic=True, noise=None, mask=None, mesh=None,
-            fitness=None) -> GradientEstimator:
+            fitness=None, diagnostics=False) -> GradientEstimator:
   """Full ES: whole episodes per call (unbiased for the smoothed episode loss; T steps of latency)."""
   return es_estimator(system, RULE._replace(pairing=rules.pairing_for(antithetic)), num_particles=num_particles,
-                      sigma=sigma, noise=noise, mask=mask, mesh=mesh, fitness=fitness)
+                      sigma=sigma, noise=noise, mask=mask, mesh=mesh, fitness=fitness, diagnostics=diagnostics)

@@ -37,7 +37,7 @@ def _windows_per_draw(resample_every, k, horizon):
 @register("generalized_pes")
 def generalized_pes(system, *, num_particles, sigma, truncation_length, resample_every=None, antithetic=True,
                     stagger=True, noise=None, mask=None, mesh=None, horizons=None,
-                    fitness=None) -> GradientEstimator:
+                    fitness=None, diagnostics=False) -> GradientEstimator:
   """GPES-k: noise redrawn every `resample_every` inner steps (None: once per episode) and accumulated.
 
   resample_every: a multiple of truncation_length, or ≥ horizon (then the same as None: ES-Single).
@@ -47,13 +47,13 @@ def generalized_pes(system, *, num_particles, sigma, truncation_length, resample
   r = rule(_windows_per_draw(resample_every, k, system.horizon))
   return es_estimator(system, r._replace(pairing=rules.pairing_for(antithetic)), num_particles=num_particles,
                       sigma=sigma, truncation_length=k, stagger=stagger, noise=noise, mask=mask, mesh=mesh,
-                      horizons=horizons, fitness=fitness)
+                      horizons=horizons, fitness=fitness, diagnostics=diagnostics)
 
 
 @register("pes")
 def pes(system, *, num_particles, sigma, truncation_length, antithetic=True, stagger=True, noise=None,
-        mask=None, mesh=None, horizons=None, fitness=None) -> GradientEstimator:
+        mask=None, mesh=None, horizons=None, fitness=None, diagnostics=False) -> GradientEstimator:
   """PES: a fresh draw every window, weighted by the running sum of the episode's draws."""
   return generalized_pes(system, num_particles=num_particles, sigma=sigma, truncation_length=truncation_length,
                          resample_every=truncation_length, antithetic=antithetic, stagger=stagger, noise=noise,
-                         mask=mask, mesh=mesh, horizons=horizons, fitness=fitness)
+                         mask=mask, mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics)

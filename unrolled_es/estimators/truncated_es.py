@@ -17,8 +17,9 @@ RULE = rules.Rule(redraw=rules.every(1), weighting=rules.CURRENT_DRAW, window_st
 
 @register("truncated_es")
 def truncated_es(system, *, num_particles, sigma, truncation_length, antithetic=True, stagger=True,
-                 noise=None, mask=None, mesh=None, horizons=None, fitness=None) -> GradientEstimator:
+                 noise=None, mask=None, mesh=None, horizons=None, fitness=None,
+                 diagnostics=False) -> GradientEstimator:
   """Truncated ES: a fresh draw per window from a shared start (biased: forgets θ's influence on the past)."""
   return es_estimator(system, RULE._replace(pairing=rules.pairing_for(antithetic)), num_particles=num_particles,
                       sigma=sigma, truncation_length=truncation_length, stagger=stagger, noise=noise, mask=mask,
-                      mesh=mesh, horizons=horizons, fitness=fitness)
+                      mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics)
