@@ -14,6 +14,7 @@ SMALL = {
     "rnn_char": dict(horizon=4),
     "rnn_copy": dict(horizon=6, copy_length=1, hidden=4),
     "learned_optimizer": dict(horizon=4, hidden=(8,), lopt_hidden=(8,)),
+    "control": dict(env="CartPole-v1", horizon=4),
 }
 ESTIMATORS = {
     "full_es": lambda s: ue.full_es(s, num_particles=2, sigma=0.01),

@@ -183,6 +183,13 @@ def _check_leaves(path, expected, stored, treedef_ok):
                             f"expected {e[0]} with shape {e[1]} dtype {e[2]}")
 
 
+def _same_structure(a: str, b: str) -> bool:
+  """Pytree structures compared by their printed form without object addresses (static data such as an
+  mjx.Data prints its id, which differs in every process)."""
+  strip = lambda text: re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+  return strip(a) == strip(b)
+
+
 def load(path: str, template, *, config_fingerprint: str | None = None, part: str | None = None):
   """Reads checkpoint `path`, checked against `template`. Returns (tree, step, metadata).
 
@@ -202,7 +209,7 @@ def load(path: str, template, *, config_fingerprint: str | None = None, part: st
     prefix = f"[{part!r}]"
     records = [(dict(r, path=r["path"][len(prefix):]), raw) for r, raw in records if r["path"].startswith(prefix)]
   stored = [(r["path"], r["shape"], r["dtype"]) for r, _ in records]
-  _check_leaves(path, expected, stored, part is not None or str(treedef) == header["treedef"])
+  _check_leaves(path, expected, stored, part is not None or _same_structure(str(treedef), header["treedef"]))
   leaves = [_leaf_from(r, raw) for r, raw in records]
   return jax.tree_util.tree_unflatten(treedef, leaves), header["step"], header["metadata"]
 

@@ -429,7 +429,20 @@ def _configure(args, saved):
     raise UsageError(f"task {cfg['task']!r}: {e}") from None
   cfg = _fill_from_task(cfg, task, ctor)
   _notes_for_ignored(args, cfg, ctor)
-  return cfg, task, _build_estimator(cfg, task, ctor), make_optimizer(cfg["optimizer"], cfg["lr"])
+  return cfg, task, _build_estimator(cfg, task, ctor), _masked_optimizer(make_optimizer(cfg["optimizer"], cfg["lr"]),
+                                                                       task)
+
+
+def _masked_optimizer(optimizer, task):
+  """The optimizer restricted to the leaves the task's mask trains: a masked leaf gets no update at all, not
+  even weight decay (adamw), so statistics kept in θ (observation normalisation) stay as after_update set them."""
+  mask = getattr(task, "mask", None)
+  if mask is None:
+    return optimizer
+  import jax
+  import numpy as np
+  import optax
+  return optax.masked(optimizer, jax.tree_util.tree_map(lambda m: bool(np.any(m)), mask))
 
 
 def cmd_train(args) -> int:
