@@ -59,7 +59,8 @@ REFERENCES = {
     "Swimmer-v5": [(350.0, "ARS linear policy (Mania et al. 2018)"), (360.0, "Gymnasium reward threshold")],
 }
 GYMNASIUM_IDS = ("Swimmer-v5",)  # MJX environments whose policies are re-scored in Gymnasium itself
-LABELS = {"es_single": "ES-Single", "pes": "PES", "full_es": "full ES", "truncated_es": "truncated ES"}
+LABELS = {"es_single": "ES-Single", "pes": "PES", "full_es": "full ES", "truncated_es": "truncated ES",
+          "deep_ga": "Deep GA"}
 COLORS = {"es_single": "C4", "pes": "C0", "full_es": "k", "truncated_es": "C2"}
 FULL = dict(seeds=3, num_evals=20, stagger=True)
 QUICK = dict(seeds=1, num_evals=8, stagger=False)
@@ -131,7 +132,43 @@ def es_method(name):
   return run
 
 
+def ga_method(task, cfg, key, budget, num_evals, log, cache):
+  """The Deep GA (unrolled_es.deep_ga): as many members as the ES methods' 2N, the best 10% as parents, σ the
+  task's, mutations outside the observation statistics (which it leaves at their start: it has no particles'
+  windows to gather them from); θ logged is the elite."""
+  population = 2 * cfg["num_particles"]
+  per_generation = (population + 6 * 3) * task.system.horizon
+  generations = max(1, budget // per_generation)
+  if "compiled" not in cache:
+    t0 = time.perf_counter()
+    ga = ue.deep_ga(task.system, population=population, parents=max(2, population // 10), sigma=cfg["sigma"],
+                    elite_candidates=5, elite_episodes=3, max_generations=generations + 1, mask=task.mask)
+    init, update = jax.jit(ga.init), jax.jit(ga.update)
+    state = init(key, task.theta0)
+    jax.block_until_ready(update(key, state))
+    cache.update(compiled=(ga, init, update), compile_seconds=time.perf_counter() - t0)
+  ga, init, update = cache["compiled"]
+  t0 = time.perf_counter()
+  state = jax.block_until_ready(init(key, task.theta0))
+  wall, env_steps = time.perf_counter() - t0, 0
+  log(env_steps, wall, task.theta0)
+  every = max(1, generations // num_evals)
+  for g in range(generations):
+    t0 = time.perf_counter()
+    state, info = jax.block_until_ready(update(jax.random.fold_in(key, g), state))
+    wall += time.perf_counter() - t0
+    env_steps += int(info["inner_steps"])
+    if (g + 1) % every == 0 or g + 1 == generations:
+      log(env_steps, wall, ga.decode(state, 0))
+  genome_bytes = state.genomes[0].nbytes + state.length[0].nbytes
+  theta_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(task.theta0))
+  return {"updates": generations, "inner_steps_per_update": int(info["inner_steps"]),
+          "compile_seconds": cache["compile_seconds"], "genome_bytes_per_member": int(genome_bytes),
+          "genome_bytes_per_generation": 8, "theta_bytes": int(theta_bytes), "population": population}
+
+
 METHODS = {name: es_method(name) for name in ("es_single", "pes", "full_es", "truncated_es")}
+METHODS["deep_ga"] = ga_method
 
 
 def make_evaluate(task):

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from unrolled_es import prng
+from unrolled_es.masks import check_mask, masked
 from unrolled_es.noise import Noise, gaussian
 from unrolled_es.system import (UnrolledSystem, check_int, check_positive_float, check_system, check_theta,
                                 run_episode)
@@ -108,9 +109,10 @@ def _children(cfg, state, ranked, elite, key):
 
 def deep_ga(system: UnrolledSystem, *, population: int, parents: int, sigma: float, episodes: int = 1,
             elite_candidates: int = 10, elite_episodes: int = 5, max_generations: int = 1000,
-            noise: Noise | None = None) -> GeneticAlgorithm:
+            noise: Noise | None = None, mask=None) -> GeneticAlgorithm:
   """The Deep GA of Such et al. (2017) on `system` (see the module docstring). Settings of the paper's Atari runs:
-  population 1000, parents 20, σ = 0.002, elite re-evaluated on 30 episodes."""
+  population 1000, parents 20, σ = 0.002, elite re-evaluated on 30 episodes. `mask`: θ-shaped booleans; coordinates
+  outside it are never mutated."""
   check_system(system)
   population = check_int("population", population, 2)
   cfg = _Config(population, check_int("parents", parents, 1, population), check_positive_float("sigma", sigma),
@@ -119,6 +121,9 @@ def deep_ga(system: UnrolledSystem, *, population: int, parents: int, sigma: flo
                 gaussian() if noise is None else noise)
   if not isinstance(cfg.noise, Noise):
     raise ValueError(f"noise must be an unrolled_es noise (gaussian() or low_rank(rank)); got {noise!r}")
+  mask = check_mask(mask)
+  if mask is not None:
+    cfg = cfg._replace(noise=masked(cfg.noise, mask))
 
   def init(key, theta0):
     """Member 0 is θ₀ itself; the others one mutation away from it."""
