@@ -11,7 +11,7 @@ from unrolled_es.snes import snes
 from unrolled_es.engine import es_estimator
 from unrolled_es.estimator import GradientEstimator, particle_mesh
 from unrolled_es.estimators import (baseline_es, es_single, full_bptt, full_es, generalized_pes, make, nres, pes,
-                                    register, registered, truncated_bptt, truncated_es)
+                                    register, registered, truncated_bptt, truncated_es, uoro)
 from unrolled_es.equinox_layers import equinox_model
 from unrolled_es.flax_layers import flax_apply
 from unrolled_es.haiku_layers import haiku_apply

@@ -7,5 +7,6 @@ from unrolled_es.estimators.pes import generalized_pes, pes
 from unrolled_es.estimators.es_single import es_single, nres
 from unrolled_es.estimators.baseline_es import baseline_es
 from unrolled_es.estimators.bptt import full_bptt, truncated_bptt
+from unrolled_es.estimators.uoro import uoro
 
 __all__ = [*registered(), "make", "register", "registered"]
