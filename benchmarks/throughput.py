@@ -39,11 +39,16 @@ ESTIMATORS = ("es_single", "pes", "truncated_es")
 NOISES = {"gaussian": lambda: ue.gaussian(), "gaussian_factored": lambda: ue.gaussian(factored=True),
           "low_rank1_dense": lambda: ue.low_rank(1),
           "low_rank1_factored": lambda: ue.low_rank(1, factored=True),
-          "low_rank4_factored": lambda: ue.low_rank(4, factored=True)}
+          "low_rank4_factored": lambda: ue.low_rank(4, factored=True),
+          "gaussian_sparse90": lambda: ue.gaussian()}
+# Noises run under a random mask of this density on the matrices W and U (sparse ES; the draw is compacted to the
+# live coordinates): the row against plain "gaussian" is what a 90%-sparse mask costs or saves.
+SPARSE = {"gaussian_sparse90": 0.1}
 PEERS = {"noise_reuse_es": "es_single", "persistent_es": "pes"}
 PRESETS = {
     "quick": dict(widths=(64,), particles=(64, 1024), rows=4, inputs=16, k=10, reps=5, dtype="float32",
-                  peers=True, big=None, noises=("gaussian", "gaussian_factored", "low_rank1_factored")),
+                  peers=True, big=None, noises=("gaussian", "gaussian_factored", "low_rank1_factored",
+                                                "gaussian_sparse90")),
     "default": dict(widths=(64, 256), particles=(64, 1024), rows=4, inputs=16, k=10, reps=7, dtype="float32",
                     peers=True, big=None),
     "gpu": dict(widths=(1024,), particles=(1024,), rows=16, inputs=64, k=10, reps=11, dtype="bfloat16",
@@ -120,14 +125,22 @@ def noise_bytes_per_particle(noise, theta, members):
   return 2 * nbytes(eps) + members * nbytes(private)
 
 
-def make(name, noise, system, n, k):
+def sparse_mask(theta, density, seed=0):
+  """Matrices keep a random `density` of their entries; vectors are kept whole."""
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(lambda x: rng.random(x.shape) < density if x.ndim == 2 else np.ones(x.shape, bool),
+                                theta)
+
+
+def make(name, noise, system, n, k, theta=None):
   if name in PEERS:
     from benchmarks.evosax_peer import evosax_estimator
     return evosax_estimator(name, system, num_particles=n, sigma=SIGMA, truncation_length=k)
   # Staggered, as estimators run by default: in every window about N·K/T particles reset (new draws and new
   # episodes' states for those), which the estimate pays for.
+  mask = sparse_mask(theta, SPARSE[noise]) if noise in SPARSE else None
   return getattr(ue, name)(system, num_particles=n, sigma=SIGMA, truncation_length=k, noise=NOISES[noise](),
-                           stagger=True)
+                           stagger=True, mask=mask)
 
 
 def measure_group(width, n, spec, log):
@@ -143,7 +156,7 @@ def measure_group(width, n, spec, log):
   runners["bare"] = lambda: bare(theta, states, key)
   for name, noise in configs:
     try:
-      est = make(name, noise, system, n, k)
+      est = make(name, noise, system, n, k, theta)
       init, estimate = jax.jit(est.init), jax.jit(est.estimate)
       shapes = jax.eval_shape(init, key, theta)
       holder = {"state": jax.block_until_ready(init(key, theta))}
