@@ -162,6 +162,9 @@ def es_estimator(system, rule: rules.Rule, **settings) -> GradientEstimator:
   """The GradientEstimator that runs `rule` on `system` with the shared settings (see estimator.settings):
   num_particles, sigma, truncation_length, stagger, noise, mask, mesh, horizons, fitness, diagnostics."""
   s = make_settings(system, members=len(rule.pairing.signs), **settings)
+  if s.noise.joint is not None and not (rule.whole_episodes or bool(rule.redraw(jnp.array([2]))[0])):
+    raise ValueError("noise drawn jointly over the population (orthogonal) needs every particle to draw at once: "
+                     "use full_es, truncated_es or pes (a new draw every window), or independent noise")
 
   def init(key, theta):
     init_key, burn_key = checked_call(system, s, key, theta)

@@ -56,6 +56,9 @@ def apply_mask(tree, mask):
 
 def masked(noise: Noise, mask) -> Noise:
   """`noise` restricted to the coordinates where `mask` is True (see the module docstring)."""
+  if noise.joint is not None:
+    raise ValueError("mask and noise drawn jointly over the population (orthogonal) cannot be combined: "
+                     "orthogonalising a masked draw would perturb masked coordinates")
   if not noise.leafwise:
     return _masked_whole(noise, mask)
   leaves, treedef = jax.tree_util.tree_flatten(mask)

@@ -78,13 +78,14 @@ def draw(noise, theta, p, plan, keys, how: DrawSettings) -> Draws:
   """This window's draws: one per particle when aligned, else the current one and the new episodes' ones (zeros
   for the particles that do not reset)."""
   sample = jax.vmap(noise.sample, (0, None))
+  joint = (lambda eps: eps) if noise.joint is None else (lambda eps: noise.joint(eps, keys.draw[0]))
   if how.aligned:
     change, new_keys = plan.resets | plan.redraw, jnp.where(plan.resets[:, None], keys.reset, plan.draw_key)
     eps = (replace_some(sample, theta, p.draws, change, new_keys, how.budget, how.mesh) if how.kept else
-           _materialised(sample, theta, new_keys, change, p.noise_key, how.mesh))
+           joint(_materialised(sample, theta, new_keys, change, p.noise_key, how.mesh)))
     return Draws(eps, eps)
   pre = (replace_some(sample, theta, p.draws, plan.redraw, plan.draw_key, how.budget, how.mesh) if how.kept else
-         _materialised(sample, theta, plan.draw_key, plan.redraw, p.noise_key, how.mesh))
+         joint(_materialised(sample, theta, plan.draw_key, plan.redraw, p.noise_key, how.mesh)))
   zeros = jax.tree_util.tree_map(jnp.zeros_like, pre)
   return Draws(pre, replace_some(sample, theta, zeros, plan.resets, keys.reset, how.budget, how.mesh))
 

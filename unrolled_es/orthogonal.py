@@ -1,0 +1,57 @@
+"""Orthogonal directions within a population (Choromanski et al., "Structured evolution with compact architectures
+for scalable policy optimization", ICML 2018).
+
+N independent Gaussian directions in d dimensions are nearly orthogonal only when N ≪ d. Drawing them exactly
+orthogonal, in blocks of at most d, and giving each the length of an independent Gaussian vector (a χ_d radius),
+keeps every direction marginally N(0, I) — so each particle's term, and the estimate, stays unbiased — while the
+particles stop duplicating each other's information: the estimate's variance can only fall (and falls most when
+N is comparable to d). For low-rank noise the factors are orthogonalised instead (the a's of a matrix across
+particles, and the b's), which makes the particles' a bᵀ orthogonal in the Frobenius sense.
+
+Orthogonality couples the particles' draws, so it applies where every particle draws at once: estimators that
+redraw each window (PES, truncated ES) or run whole episodes (full ES). Draws at a particle's own reset (ES-Single,
+and the new episodes of a window with mid-window resets) stay independent.
+"""
+import jax
+import jax.numpy as jnp
+
+from unrolled_es.noise import LowRank, Noise
+
+
+def orthogonal_rows(x, key):
+  """Rows of x [N, d] replaced, in blocks of at most d, by orthonormal rows (Haar-distributed: QR with the signs
+  of R's diagonal) scaled to the norms of independent Gaussian vectors."""
+  n, d = x.shape
+  blocks = []
+  for start in range(0, n, d):
+    block = x[start:start + d]
+    q, r = jnp.linalg.qr(block.T)
+    q = q * jnp.sign(jnp.diagonal(r))[None, :]
+    blocks.append(q.T)
+  norms = jnp.linalg.norm(jax.random.normal(key, (n, d)), axis=1)
+  return jnp.concatenate(blocks) * norms[:, None]
+
+
+def _orthogonalise(batch, key):
+  leaves, treedef = jax.tree_util.tree_flatten(batch, is_leaf=lambda e: isinstance(e, LowRank))
+  keys = jax.random.split(key, 2 * len(leaves))
+  out = []
+  for i, e in enumerate(leaves):
+    if isinstance(e, LowRank):
+      out.append(LowRank(_orthogonal_factor(e.a, keys[2 * i]), _orthogonal_factor(e.b, keys[2 * i + 1])))
+    else:
+      out.append(orthogonal_rows(e.reshape(e.shape[0], -1), keys[2 * i]).reshape(e.shape))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _orthogonal_factor(f, key):
+  """A factor [N, m, r]: each of its r columns orthogonalised across particles."""
+  cols = [orthogonal_rows(f[:, :, j], jax.random.fold_in(key, j)) for j in range(f.shape[-1])]
+  return jnp.stack(cols, -1)
+
+
+def orthogonal(noise: Noise) -> Noise:
+  """`noise` whose draws for a population are orthogonal (see the module docstring)."""
+  if not isinstance(noise, Noise):
+    raise ValueError(f"noise must be an unrolled_es noise (gaussian() or low_rank(rank)); got {noise!r}")
+  return noise._replace(joint=_orthogonalise)
