@@ -13,6 +13,8 @@ _MODULES = {
     "rnn_copy": "tasks.rnn",
     "learned_optimizer": "tasks.learned_optimizer",
     "control": "tasks.control",
+    "int_lm": "tasks.int_lm",
+    "finetune": "tasks.finetune",
 }
 NAMES = tuple(_MODULES)
 

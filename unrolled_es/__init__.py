@@ -23,7 +23,12 @@ from unrolled_es.system import UnrolledSystem, evaluate
 
 ESTIMATORS = tuple(registered())  # the names at import; `registered()` also lists estimators registered later
 
+# Integer low-rank ES trains int8 θ, which no float estimator takes: it registers "int_es" after ESTIMATORS (the
+# estimators of float θ, which sweeps over estimators run on any float task) is taken.
+from unrolled_es import integer, integer_layers  # noqa: E402
+from unrolled_es.integer import int_es, saturating_steps  # noqa: E402
+
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
            "linear", "materialize", "haiku_apply", "flax_apply", "equinox_model", "particle_mesh", "make", "multi_task", "Rule",
            "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "pruning", "es_estimator", "register",
-           "registered", *ESTIMATORS, "ESTIMATORS"]
+           "registered", *ESTIMATORS, "ESTIMATORS", "integer", "integer_layers", "int_es", "saturating_steps"]

@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "integer")  # integer: int8 θ (unrolled_es.saturating_steps)
 # Options that change the computation: a resumed run must agree on them (steps etc. may grow).
 FINGERPRINTED = ("task", "task_args", "estimator", "estimator_args", "particles", "sigma", "truncation", "noise",
                  "rank", "factored", "devices", "horizons", "shaping", "clip_differences", "clip_gradient", "lr",
@@ -349,8 +349,33 @@ def _jsonable(x):
 
 @functools.lru_cache(maxsize=16)  # one object per setting, so repeated runs in a process reuse the compiled step
 def make_optimizer(name: str, lr: float):
+  if name == "integer":   # int8 θ moves by lr whole steps per update, saturating at ±127
+    import unrolled_es
+    try:
+      return unrolled_es.saturating_steps(lr)
+    except ValueError as e:
+      raise UsageError(f"--optimizer integer: {e}") from None
   import optax
   return getattr(optax, name)(lr)
+
+
+def _check_integer_theta(cfg, task):
+  """Integer θ (tasks.int_lm) trains with int_es and --optimizer integer only (a float optimizer would round and
+  wrap it); float θ with the others."""
+  import jax
+  import jax.numpy as jnp
+  integer = any(jnp.issubdtype(jnp.result_type(x), jnp.integer) for x in jax.tree_util.tree_leaves(task.theta0))
+  kind = "integer" if integer else "float"
+  if integer and cfg["estimator"] != "int_es":
+    raise UsageError(f"task {cfg['task']!r} has integer parameters: use --estimator int_es, not "
+                     f"{cfg['estimator']!r}")
+  if not integer and cfg["estimator"] == "int_es":
+    raise UsageError(f"task {cfg['task']!r} has float parameters, which int_es (int8 only) cannot train; choose "
+                     f"another --estimator")
+  optimizer = cfg.get("optimizer") or (task.settings or {}).get("optimizer")
+  if optimizer is not None and integer != (optimizer == "integer"):
+    raise UsageError(f"task {cfg['task']!r} has {kind} parameters: use --optimizer "
+                     f"{'integer' if integer else 'sgd, adam, adamw or rmsprop'}, not {optimizer!r}")
 
 
 def _write_json(path, obj):
@@ -427,6 +452,7 @@ def _configure(args, saved):
     task = build_task(cfg["task"], **cfg["task_args"])
   except (TypeError, ValueError) as e:
     raise UsageError(f"task {cfg['task']!r}: {e}") from None
+  _check_integer_theta(cfg, task)
   cfg = _fill_from_task(cfg, task, ctor)
   _notes_for_ignored(args, cfg, ctor)
   return cfg, task, _build_estimator(cfg, task, ctor), _masked_optimizer(make_optimizer(cfg["optimizer"], cfg["lr"]),
