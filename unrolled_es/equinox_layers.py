@@ -33,7 +33,10 @@ def _transposed(pm):
 
 
 def _eqx():
-  import equinox as eqx   # here, so that `import unrolled_es` does not need equinox
+  try:
+    import equinox as eqx   # here, so that `import unrolled_es` does not need equinox
+  except ImportError:
+    raise ImportError("unrolled_es.equinox_model needs equinox: pip install 'unrolled_es[equinox]'") from None
   return eqx
 
 

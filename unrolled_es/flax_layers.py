@@ -117,7 +117,10 @@ def _factored_call(module, method):
 
 
 def _flax():
-  import flax.linen as nn   # here, so that `import unrolled_es` does not need flax
+  try:
+    import flax.linen as nn   # here, so that `import unrolled_es` does not need flax
+  except ImportError:
+    raise ImportError("unrolled_es.flax_apply needs flax: pip install 'unrolled_es[flax]'") from None
   return nn
 
 

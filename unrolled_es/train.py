@@ -385,7 +385,11 @@ def _write_jsonl(path, records):
 def _progress_bar(enabled, total, initial, desc):
   if not enabled:
     return None
-  from tqdm.auto import tqdm
+  try:
+    from tqdm.auto import tqdm
+  except ImportError:   # tqdm comes with the `cli` extra; the core library trains without a bar
+    log.info("no progress bar: tqdm is not installed")
+    return None
   return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
 
 
