@@ -240,6 +240,9 @@ def autodiff_estimator(system, whole_episodes: bool = False, **settings) -> Grad
     if whole_episodes:
       state = particles.episode_begins(state)
     state, out = autodiff_window(system, s, theta, state, key)
-    return gradient.mean_gradient(out.weight, out.valid, theta, s.mask), state, _info(s, out)
+    grad, info = gradient.mean_gradient(out.weight, out.valid, theta, s.mask), _info(s, out)
+    if s.diagnostics:
+      info = dict(info, **gradient.sample_diagnostics(out.weight, out.valid, grad))
+    return grad, state, info
 
   return GradientEstimator(init=init, estimate=estimate)

@@ -120,3 +120,19 @@ def diagnostics(noise, c: Coefficients, weight_pre, eps_post, grad, valid) -> di
   total = sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(variance))
   return {"gradient_variance": variance, "variance_ratio": total / jnp.maximum(_ravel_sq(g32), 1e-30),
           "effective_particles": jnp.sum(magnitude) ** 2 / jnp.maximum(jnp.sum(magnitude ** 2), 1e-30)}
+
+
+def sample_diagnostics(per_particle, valid, grad) -> dict:
+  """The diagnostics of `diagnostics` for an estimate that is the mean of per-particle gradients [N, θ] (BPTT):
+  Var(ĝ_j) = sample variance of the valid particles' g_ij / n."""
+  n = jnp.sum(valid).astype(jnp.float32)
+
+  def variance(g, mean):
+    keep = jnp.reshape(valid, valid.shape + (1,) * (g.ndim - 1))
+    centred = jnp.where(keep, g.astype(jnp.float32) - mean.astype(jnp.float32), 0.0)
+    return jnp.sum(centred ** 2, axis=0) / jnp.maximum(n * (n - 1), 1.0)
+  var = jax.tree_util.tree_map(variance, per_particle, grad)
+  total = sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(var))
+  g32 = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grad)
+  return {"gradient_variance": var, "variance_ratio": total / jnp.maximum(_ravel_sq(g32), 1e-30),
+          "effective_particles": n}

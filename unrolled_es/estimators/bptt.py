@@ -13,10 +13,10 @@ from unrolled_es.estimators.registry import register
 
 @register("truncated_bptt")
 def truncated_bptt(system, *, truncation_length, num_particles=1, stagger=True, mask=None, mesh=None,
-                   horizons=None) -> GradientEstimator:
+                   horizons=None, diagnostics=False) -> GradientEstimator:
   """Truncated BPTT: autodiff through one window from a fixed starting state (biased)."""
   return autodiff_estimator(system, num_particles=num_particles, truncation_length=truncation_length,
-                            stagger=stagger, mask=mask, mesh=mesh, horizons=horizons)
+                            stagger=stagger, mask=mask, mesh=mesh, horizons=horizons, diagnostics=diagnostics)
 
 
 @register("full_bptt")
