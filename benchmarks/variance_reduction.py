@@ -1,0 +1,145 @@
+"""Variance reduction at equal wall time: which estimator gives the lowest error for the same compute?
+
+    python -m benchmarks.variance_reduction [--quick] [--out DIR]
+
+Protocol of benchmarks/variance.py (Vicol et al. 2021, §5.2): an online estimator runs one whole episode of T/K
+windows from a fresh inner problem (no stagger) and its window estimates are averaged; the error is
+‖ĝ − g‖²/‖g‖² against the full-BPTT gradient of the episode (averaged over data keys where the task is stochastic).
+Methods, all at the same T and K:
+
+  es_single      ES-Single, Gaussian noise (the reference);
+  baseline_es    ES-Single against each particle's unperturbed run (EGGROLL's baseline);
+  pes_orth       PES with orthogonal directions within the population (Choromanski et al. 2018);
+  uoro           UORO (Tallec & Ollivier 2018), forward-mode, unbiased;
+  tbptt          truncated BPTT (biased);
+  hybrid         ES-Single and truncated BPTT mixed by inverse variance per coordinate (Metz et al. 2019).
+
+Equal wall time: every method is first timed with `particles` particles (the median of interleaved calls of one
+estimate, compiled beforehand), then given N = particles · t_ES / t_method particles (at least 1; for the hybrid,
+split evenly between its two parts), so that one of its estimates costs what ES-Single's does; the table reports
+the time measured at that N beside the error. Writes benchmarks/results/variance_reduction[_quick].json and .png.
+"""
+import argparse
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+import tasks
+import unrolled_es as ue
+from benchmarks.variance import episode_estimates, summarize, true_gradient
+from unrolled_es.orthogonal import orthogonal
+
+TASKS = {
+    "influence_balancing": dict(kw=dict(horizon=100), sigma=0.1, k=10, truth_keys=1),
+    "rnn_char": dict(kw=dict(horizon=100, hidden=5, data="real"), sigma=1e-3, k=10, truth_keys=1024),
+    "learned_optimizer": dict(kw=dict(horizon=40, hidden=(16,)), sigma=0.01, k=5, truth_keys=64),
+}
+METHODS = ("es_single", "baseline_es", "pes_orth", "uoro", "tbptt", "hybrid")
+PRESETS = {"default": dict(particles=16, repeats=64, reps=9), "quick": dict(particles=8, repeats=16, reps=5),
+           "tiny": dict(particles=4, repeats=8, reps=2, tasks=("influence_balancing",))}
+
+
+def build(method, system, n, sigma, k):
+  kw = dict(truncation_length=k, stagger=False)
+  if method == "es_single":
+    return ue.es_single(system, num_particles=n, sigma=sigma, **kw)
+  if method == "baseline_es":
+    return ue.baseline_es(system, num_particles=n, sigma=sigma, **kw)
+  if method == "pes_orth":
+    return ue.pes(system, num_particles=n, sigma=sigma, noise=orthogonal(ue.gaussian()), **kw)
+  if method == "uoro":
+    return ue.uoro(system, num_particles=n, **kw)
+  if method == "tbptt":
+    return ue.truncated_bptt(system, num_particles=n, **kw)
+  half = max(1, n // 2)
+  return ue.hybrid(ue.es_single(system, num_particles=half, sigma=sigma, diagnostics=True, **kw),
+                   ue.truncated_bptt(system, num_particles=half, diagnostics=True, **kw))
+
+
+def seconds_per_estimate(estimators, theta, reps):
+  """Median seconds of one estimate of each estimator, interleaved calls after compiling."""
+  key = jax.random.PRNGKey(0)
+  runs = {}
+  for name, est in estimators.items():
+    estimate = jax.jit(est.estimate)
+    state = est.init(key, theta)
+    jax.block_until_ready(estimate(key, theta, state))
+    runs[name] = (estimate, state)
+  times = {name: [] for name in runs}
+  for _ in range(reps):
+    for name, (estimate, state) in runs.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(estimate(key, theta, state))
+      times[name].append(time.perf_counter() - t0)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def run_task(name, spec, preset, log):
+  cfg = TASKS[name]
+  task = tasks.get(name, **cfg["kw"])
+  system, theta, k, n = task.system, task.theta0, cfg["k"], preset["particles"]
+  g, floor = true_gradient(system, theta, cfg["truth_keys"])
+  base = seconds_per_estimate({m: build(m, system, n, cfg["sigma"], k) for m in METHODS}, theta, preset["reps"])
+  sizes = {m: max(1, int(round(n * base["es_single"] / base[m]))) for m in METHODS}
+  sizes["hybrid"] = max(2, sizes["hybrid"])
+  matched = {m: build(m, system, sizes[m], cfg["sigma"], k) for m in METHODS}
+  timed = seconds_per_estimate(matched, theta, preset["reps"])
+  out = {"truth_floor": floor, "grad_norm": float(np.linalg.norm(g)), "horizon": system.horizon, "k": k,
+         "sigma": cfg["sigma"], "methods": {}}
+  for m in METHODS:
+    samples = episode_estimates(matched[m], theta, system.horizon // k, preset["repeats"], seed=0)
+    fig = summarize(samples, g)
+    fig.update(particles=sizes[m], seconds_per_estimate=timed[m], seconds_at_base_n=base[m])
+    out["methods"][m] = fig
+    log(f"{name} {m}: N={sizes[m]} {timed[m] * 1e3:.2f} ms/estimate, error {fig['error']:.4g} ± {fig['error_se']:.2g}")
+  ref = out["methods"]["es_single"]["error"]
+  for m in METHODS:
+    out["methods"][m]["error_over_es_single"] = out["methods"][m]["error"] / ref
+  return out
+
+
+def plot(result, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = list(result["tasks"])
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    rec = result["tasks"][name]["methods"]
+    errs = [rec[m]["error"] for m in METHODS]
+    ses = [rec[m]["error_se"] for m in METHODS]
+    ax.bar(range(len(METHODS)), errs, yerr=ses, color=[f"C{i}" for i in range(len(METHODS))], capsize=2)
+    ax.set_xticks(range(len(METHODS)), METHODS, rotation=30, fontsize=8)
+    ax.set(yscale="log", ylabel="‖ĝ − g‖² / ‖g‖² at ES-Single's wall time", title=name)
+    ax.grid(alpha=0.3, axis="y")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+  parser.add_argument("--quick", action="store_const", dest="preset", const="quick")
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+  args = parser.parse_args(argv)
+  preset, start = PRESETS[args.preset], time.perf_counter()
+  result = {"preset": args.preset, "settings": preset, "jax": jax.__version__, "tasks": {}}
+  for name in preset.get("tasks", tuple(TASKS)):
+    result["tasks"][name] = run_task(name, TASKS[name], preset, lambda m: print(m, flush=True))
+  result["seconds"] = round(time.perf_counter() - start, 1)
+  os.makedirs(args.out, exist_ok=True)
+  suffix = "" if args.preset == "default" else f"_{args.preset}"
+  path = os.path.join(args.out, f"variance_reduction{suffix}.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
+  plot(result, path[:-5] + ".png")
+  print(f"wrote {path} in {result['seconds']} s")
+  return result
+
+
+if __name__ == "__main__":
+  main()
