@@ -14,6 +14,7 @@ from unrolled_es.estimators import (baseline_es, es_single, full_bptt, full_es, 
                                     register, registered, truncated_bptt, truncated_es, uoro)
 from unrolled_es.equinox_layers import equinox_model
 from unrolled_es.flax_layers import flax_apply
+from unrolled_es.nnx_layers import nnx_model
 from unrolled_es.haiku_layers import haiku_apply
 from unrolled_es.layers import linear, materialize
 from unrolled_es.multi_task import multi_task
@@ -29,6 +30,6 @@ from unrolled_es import integer, integer_layers  # noqa: E402
 from unrolled_es.integer import int_es, saturating_steps  # noqa: E402
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
-           "linear", "materialize", "haiku_apply", "flax_apply", "equinox_model", "particle_mesh", "make", "multi_task", "Rule",
+           "linear", "materialize", "haiku_apply", "flax_apply", "nnx_model", "equinox_model", "particle_mesh", "make", "multi_task", "Rule",
            "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "pruning", "es_estimator", "register",
            "registered", *ESTIMATORS, "ESTIMATORS", "integer", "integer_layers", "int_es", "saturating_steps"]
