@@ -14,9 +14,6 @@ mean and min–max over seeds. Transfer: the tickets at the sparsities in `trans
 rewound initialisation, by full ES (ue.full_es with mask=, Adam) and by gradient descent (Adam on backprop, masked
 gradient), against the dense model trained the same way. Writes benchmarks/results/lottery[_quick].json and .png.
 """
-import argparse
-import json
-import os
 import time
 
 import jax
@@ -25,6 +22,7 @@ import numpy as np
 import optax
 
 import unrolled_es as ue
+from benchmarks.common import preset_arguments, write_result
 from tasks.datasets import load_images
 from unrolled_es import pruning
 
@@ -172,22 +170,12 @@ def plot(result, path):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
-  parser.add_argument("--quick", action="store_const", dest="preset", const="quick")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-  args = parser.parse_args(argv)
+  args = preset_arguments(__doc__, PRESETS, argv)
   spec, start = PRESETS[args.preset], time.perf_counter()
   curves, transfer = run(spec, lambda m: print(m, flush=True))
   result = {"preset": args.preset, "settings": spec, "curves": curves, "transfer": transfer,
             "seconds": round(time.perf_counter() - start, 1), "jax": jax.__version__}
-  os.makedirs(args.out, exist_ok=True)
-  suffix = "" if args.preset == "default" else f"_{args.preset}"
-  path = os.path.join(args.out, f"lottery{suffix}.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=1)
-  plot(result, path[:-5] + ".png")
-  print(f"wrote {path} in {result['seconds']} s")
+  write_result(result, args.out, "lottery", args.preset, plot)
   return result
 
 

@@ -19,9 +19,6 @@ estimate, compiled beforehand), then given N = particles · t_ES / t_method part
 split evenly between its two parts), so that one of its estimates costs what ES-Single's does; the table reports
 the time measured at that N beside the error. Writes benchmarks/results/variance_reduction[_quick].json and .png.
 """
-import argparse
-import json
-import os
 import time
 
 import jax
@@ -29,6 +26,7 @@ import numpy as np
 
 import tasks
 import unrolled_es as ue
+from benchmarks.common import preset_arguments, write_result
 from benchmarks.variance import episode_estimates, summarize, true_gradient
 from unrolled_es.orthogonal import orthogonal
 
@@ -121,23 +119,13 @@ def plot(result, path):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
-  parser.add_argument("--quick", action="store_const", dest="preset", const="quick")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-  args = parser.parse_args(argv)
+  args = preset_arguments(__doc__, PRESETS, argv)
   preset, start = PRESETS[args.preset], time.perf_counter()
   result = {"preset": args.preset, "settings": preset, "jax": jax.__version__, "tasks": {}}
   for name in preset.get("tasks", tuple(TASKS)):
     result["tasks"][name] = run_task(name, TASKS[name], preset, lambda m: print(m, flush=True))
   result["seconds"] = round(time.perf_counter() - start, 1)
-  os.makedirs(args.out, exist_ok=True)
-  suffix = "" if args.preset == "default" else f"_{args.preset}"
-  path = os.path.join(args.out, f"variance_reduction{suffix}.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=1)
-  plot(result, path[:-5] + ".png")
-  print(f"wrote {path} in {result['seconds']} s")
+  write_result(result, args.out, "variance_reduction", args.preset, plot)
   return result
 
 

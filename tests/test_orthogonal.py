@@ -1,7 +1,6 @@
 """Orthogonal directions within a population: rows orthogonal within blocks of at most d, every coordinate still of
 unit variance, the estimators that draw all particles at once stay unbiased, and the others refuse it."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

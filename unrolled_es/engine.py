@@ -24,7 +24,6 @@ import jax.numpy as jnp
 
 from unrolled_es import gradient, particles, rules, window
 from unrolled_es.estimator import GradientEstimator, Settings, checked_call, settings as make_settings
-from unrolled_es.prng import raw_key
 
 
 class Outcome(NamedTuple):

@@ -24,7 +24,6 @@ with a of shape (d₁, …, d_{k-1}, r) and b of shape (d_k, r), and factored no
 """
 from typing import Any, Callable, NamedTuple
 
-import math
 
 import jax
 import numpy as np

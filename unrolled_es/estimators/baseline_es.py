@@ -12,7 +12,6 @@ the unperturbed member's losses are the actual loss along the particle's traject
 `info["unperturbed_loss"]`. Antithetic pairs cancel every even-order term of L and are usually lower in variance
 for smooth losses at the same cost (two members per particle).
 """
-import jax.numpy as jnp
 
 from unrolled_es import rules
 from unrolled_es.engine import es_estimator
