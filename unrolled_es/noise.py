@@ -187,6 +187,21 @@ def _is_matrix(x):
   return jnp.ndim(x) >= 2
 
 
+def _dense_leaf(e):
+  return e.dense() if isinstance(e, LowRank) else e
+
+
+def _combine_low_rank_leaf(coeffs, e):
+  """Σ_i coeffs[i]·e_i for one leaf: a tensordot for a dense draw, one GEMM (m × N·r)(N·r × n) for factors."""
+  if not isinstance(e, LowRank):
+    return _weighted_leaf(coeffs, e)
+  n, r, rows = e.a.shape[0], e.a.shape[-1], e.a.shape[1:-1]
+  a = e.a.reshape(n, -1, r)   # a leaf of rank > 2 over its matricisation
+  left = (a * coeffs.astype(e.a.dtype)[:, None, None]).transpose(1, 0, 2).reshape(a.shape[1], n * r)
+  right = e.b.transpose(1, 0, 2).reshape(e.b.shape[1], n * r)
+  return (left @ right.T / jnp.sqrt(jnp.asarray(r, e.a.dtype))).reshape(rows + e.b.shape[1:2])
+
+
 def low_rank(rank: int = 1, factored: bool = False) -> Noise:
   """EGGROLL-style low-rank noise (Sarkar et al., 2025): for a matrix leaf W (m×n), eps = a bᵀ/√r.
 
@@ -212,31 +227,19 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
     return jax.tree_util.tree_unflatten(
         treedef, [LowRank(next(blocks), next(blocks)) if _is_matrix(x) else next(blocks) for x in leaves])
 
-  def dense_leaf(e):
-    return e.dense() if isinstance(e, LowRank) else e
-
   def dense(eps):
-    return jax.tree_util.tree_map(dense_leaf, eps, is_leaf=lambda e: isinstance(e, LowRank))
+    return jax.tree_util.tree_map(_dense_leaf, eps, is_leaf=lambda e: isinstance(e, LowRank))
 
   def perturb_leaf(x, e, scale, bits):
     if isinstance(e, LowRank) and factored:
       return PerturbedMatrix(x, e.a, e.b, jnp.asarray(scale, jnp.float32))
-    return add_scaled(x, dense_leaf(e), scale, bits)
+    return add_scaled(x, _dense_leaf(e), scale, bits)
 
   def perturb(theta, eps, scale, key=None):
     return _perturb_leaves(perturb_leaf, theta, eps, scale, key)
 
-  def combine_leaf(coeffs, e):
-    if not isinstance(e, LowRank):
-      return _weighted_leaf(coeffs, e)
-    n, r, rows = e.a.shape[0], e.a.shape[-1], e.a.shape[1:-1]
-    a = e.a.reshape(n, -1, r)   # a leaf of rank > 2 over its matricisation
-    left = (a * coeffs.astype(e.a.dtype)[:, None, None]).transpose(1, 0, 2).reshape(a.shape[1], n * r)
-    right = e.b.transpose(1, 0, 2).reshape(e.b.shape[1], n * r)
-    return (left @ right.T / jnp.sqrt(jnp.asarray(r, e.a.dtype))).reshape(rows + e.b.shape[1:2])
-
   def combine(coeffs, batch):
-    return jax.tree_util.tree_map(lambda e: combine_leaf(coeffs, e), batch,
+    return jax.tree_util.tree_map(lambda e: _combine_low_rank_leaf(coeffs, e), batch,
                                   is_leaf=lambda e: isinstance(e, LowRank))
 
   return Noise(sample=sample, perturb=perturb, combine=combine, dense=dense, compact=True)
