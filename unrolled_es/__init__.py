@@ -8,6 +8,8 @@ from unrolled_es import fitness, horizons, pruning, rules
 from unrolled_es.clipping import clip_gradient
 from unrolled_es.genetic import deep_ga
 from unrolled_es.snes import snes
+from unrolled_es.orthogonal import orthogonal
+from unrolled_es.hybrid import hybrid
 from unrolled_es.engine import es_estimator
 from unrolled_es.estimator import GradientEstimator, particle_mesh
 from unrolled_es.estimators import (baseline_es, es_single, full_bptt, full_es, generalized_pes, make, nres, pes,
@@ -30,6 +32,7 @@ from unrolled_es import integer, integer_layers  # noqa: E402
 from unrolled_es.integer import int_es, saturating_steps  # noqa: E402
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
-           "linear", "materialize", "haiku_apply", "flax_apply", "nnx_model", "equinox_model", "particle_mesh", "make", "multi_task", "Rule",
-           "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "pruning", "es_estimator", "register",
-           "registered", *ESTIMATORS, "ESTIMATORS", "integer", "integer_layers", "int_es", "saturating_steps"]
+           "linear", "materialize", "haiku_apply", "flax_apply", "nnx_model", "equinox_model", "particle_mesh", "make",
+           "multi_task", "Rule", "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "orthogonal", "hybrid",
+           "pruning", "es_estimator", "register", "registered", *ESTIMATORS, "ESTIMATORS", "integer", "integer_layers",
+           "int_es", "saturating_steps"]
