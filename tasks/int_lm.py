@@ -36,7 +36,8 @@ class LMState(NamedTuple):
 # ---------------------------------------------------------------- the integer model
 
 def init_int_params(seed: int, vocab: int, hidden: int, layers: int, mlp_ratio: int = 2):
-  """int8 parameters: matrices round(16·N(0, 1)) (unit scale: linear divides by 16·√fan_in), zero biases."""
+  """int8 parameters: matrices round(16·N(0, 1)) (unit scale: linear divides by 16 times about √fan_in), zero
+  biases."""
   rng = np.random.default_rng(seed)
   q = lambda *shape: jnp.asarray(np.clip(np.round(il.ONE * rng.standard_normal(shape)), -il.MAX, il.MAX), jnp.int8)
   zeros = lambda n: jnp.zeros((n,), jnp.int8)

@@ -1,34 +1,29 @@
 """Integer low-rank ES: int8 parameters trained by a thresholded vote of the ES gradient (EGGROLL's integer
 training: Sarkar et al., "Evolution Strategies at the Hyperscale", 2025).
 
-θ is a pytree of int8 arrays: matrices [m, n] (used by `integer_layers.linear` / `embed`) and vectors or scalars.
-Each of N particles draws, from its own key, int8 factors ε = round(16·N(0, 1)) clipped to ±127:
-
-  matrix  a [m, r], b [n, r]:  member ± applies W ± ⌊a bᵀ / 2^s⌋ inside the int32 matmul (IntPerturbedMatrix),
-                               never formed; s = FIXED_POINT + sigma_shift;
-  vector  u, v (θ's shape):    member ± runs sat(θ ± ⌊u·v / 2^s⌋) (elementwise product of two draws).
-
-Either way the draw δ (a bᵀ or u·v) has mean 0 and variance r·2⁸ per entry (r = 1 for vectors), and the
-perturbation's standard deviation is √r·2^(−sigma_shift) in real units (weights are 16× their real values).
-The two members of a particle run the same episodes (common random numbers). Its fitness is
+θ is a pytree of int8 arrays: matrices [m, n] (applied by `integer_layers.linear` / `embed`) and vectors or
+scalars. Every step, each of N particles draws int8 noise from its own key (unrolled_es.integer_noise: low-rank
+factors for matrices, applied inside the int32 matmuls; an elementwise product of two draws for vectors), with a
+perturbation of √r·2^(−sigma_shift) in real units (weights are 16× their real values). Its two members θ ± ε run
+the same `episodes` whole episodes (common random numbers), and its fitness is
 
   "sign"        f = sign(L⁻ − L⁺) ∈ {−1, 0, 1} (EGGROLL's integer runs), or
   "difference"  f = round(16·(L⁻ − L⁺)/rms) clipped to ±64: the loss difference in 1/16ths of its RMS over pairs,
 
-and 0 for a pair with a non-finite loss. The update is a vote: Z = Σ_i f_i δ_i in int32 (one int GEMM per
-matrix), and a weight moves by sign(Z) where |Z| > τ_t, else stays; results saturate at ±127. τ_t is a two-sided
-z-test at level α_t against the null that fitness is independent of the draws, under which Z has standard
-deviation 2⁸·√(r·Σ f_i²): τ_t = Φ⁻¹(1 − α_t/2)·2⁸·√(r·Σ f²), so a fraction α_t of the weights would move by
-chance. α_t falls from `alpha_start` to `alpha_end` at step `decay_steps` (and on, harmonically:
-1/α_t = 1/α_start + (1/α_end − 1/α_start)·t/decay_steps), as in EGGROLL's integer runs: early steps move many
-weights, later ones only those with strong evidence (the threshold rises). The only float arithmetic is the
-loss readout and the one scalar τ_t per leaf; weights, draws, Z and the moves are integers.
+0 for a pair with a non-finite loss. The update is the vote: Z = Σ_i f_i δ_i in int32, and a weight moves by
+sign(Z) where |Z| clears a z-test at level α_t against the null that fitness is independent of the draws (a
+fraction α_t of the weights would move by chance), else stays; results saturate at ±127. α_t falls from
+`alpha_start` to `alpha_end` at step `decay_steps` and on, harmonically (1/α_t = 1/α_start + (1/α_end −
+1/α_start)·t/decay_steps), as in EGGROLL's integer runs: early steps move many weights, later ones only those with
+strong evidence (the threshold rises). The only float arithmetic is the loss readout and one threshold per leaf;
+weights, draws, Z and the moves are integers.
 
     es = unrolled_es.int_es(system, num_particles=128)
     state = es.init(key, theta)                       # theta: int8 pytree
     theta, state, info = es.update(key, theta, state)
-    # or, GradientEstimator-style for unrolled_es.train / the CLI: a direction ĝ = −moves (int8) and
-    direction, state, info = es.estimate(key, theta, state)    # ... applied by saturating_steps(1)
+    # or, GradientEstimator-shaped for unrolled_es.train and the CLI: a direction ĝ = −moves (int8), applied by
+    # optax with unrolled_es.saturating_steps(1) (`--optimizer integer`)
+    direction, state, info = es.estimate(key, theta, state)
 """
 from typing import Callable, NamedTuple
 

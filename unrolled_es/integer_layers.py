@@ -5,8 +5,9 @@ floating-point arithmetic. Every value is a fixed-point int8 with FIXED_POINT = 
 is stored as round(16·v)) and saturates at ±MAX = ±127: a result that would leave the range is clipped to it
 rather than wrapping around, so saturation is the nonlinearity (a hard tanh).
 
-  linear(x, W)     y = sat(⌊(x W) / (16·⌊√m⌋)⌋) for x int8 [..., m], W int8 [m, n]: int32 accumulation, the
-                   division undoing one fixed-point factor and the fan-in's growth (weights of size ~16).
+  linear(x, W)     y = sat(⌊(x W) / 2^k⌋) for x int8 [..., m], W int8 [m, n]: int32 accumulation, the shift
+                   by k = 4 + ⌊⌊log₂ m⌋/2⌋ undoing one fixed-point factor and most of the fan-in's growth
+                   (√m for weights of size ~16).
                    With W an `IntPerturbedMatrix` (W, a, b, s): x W + ⌊((x a) bᵀ) / 2^s⌋, the low-rank
                    perturbation applied inside the int32 accumulator without forming W + a bᵀ/2^s.
   embed(E, ids)    the rows E[ids], perturbed likewise by ⌊a[ids] bᵀ / 2^s⌋.
@@ -72,15 +73,18 @@ def accumulate(x, w):
   return jnp.matmul(x, w, preferred_element_type=jnp.int32)
 
 
-def fan_in_divisor(fan_in: int) -> int:
-  """16·⌊√m⌋: one fixed-point factor, and the growth of a sum of m products of unit-scale terms."""
-  return ONE * max(1, math.isqrt(fan_in))
+def fan_in_shift(fan_in: int) -> int:
+  """log₂ of the divisor 16·2^⌊⌊log₂ m⌋/2⌋: one fixed-point factor times a power of two in (√m/2, √m] (a sum of m
+  unit-scale products grows as √m). A power of two, so the division is an arithmetic shift (exactly ⌊x / 2^k⌋;
+  integer division has no vector instruction on CPUs)."""
+  return FIXED_POINT + (max(1, fan_in).bit_length() - 1) // 2
 
 
 def linear(x, w):
-  """sat(⌊x W / (16·⌊√m⌋)⌋): int8 [..., m] by int8 [m, n] (or an IntPerturbedMatrix) to int8 [..., n]."""
+  """sat(⌊x W / 2^k⌋), k = fan_in_shift(m): int8 [..., m] by int8 [m, n] (or an IntPerturbedMatrix) to int8
+  [..., n]."""
   weights = w.w if isinstance(w, IntPerturbedMatrix) else w
-  return saturate(jnp.floor_divide(accumulate(x, w), fan_in_divisor(weights.shape[0])))
+  return saturate(jnp.right_shift(accumulate(x, w), fan_in_shift(weights.shape[0])))
 
 
 def embed(table, ids):
