@@ -25,7 +25,8 @@ per (environment, method) across seeds, for compiled functions. Another method (
 by adding an entry. Full mode: 3 seeds, 100-1000 ES-Single updates per gymnax environment and 50 on Swimmer (it
 passes ARS's 350 after about 20). --quick: 1 seed, a tenth of the budget (a fifth on Swimmer), unstaggered
 particles. Writes control.json / control.png (control_quick.* with --quick) to --out; with
---envs only those environments are run and replaced in an existing JSON, so a long run can be split.
+--envs only those environments are run and replaced in an existing JSON, and with --methods only those methods
+(kept beside the others where the seeds agree), so a long run can be split.
 """
 import argparse
 import json
@@ -292,6 +293,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     num_evals = min(mode["num_evals"], spec.get("num_evals", mode["num_evals"]))
     methods = study(env_id, args.methods, seeds, budget, mode["stagger"], num_evals, spec.get("overrides"))
+    earlier = result["envs"].get(env_id, {})
+    if set(args.methods) != set(METHODS) and earlier.get("config", {}).get("seeds") == seeds:
+      # a run of some methods adds them beside the methods run earlier with the same seeds and budget
+      methods = {**earlier.get("methods", {}), **methods}
     result["envs"][env_id] = {"config": dict(config, num_evals=num_evals), "budget_env_steps": budget, "references": REFERENCES[env_id],
                               "seconds": time.perf_counter() - t0, "methods": methods}
   result["envs"] = {e: result["envs"][e] for e in ENVS if e in result["envs"]}
