@@ -1,7 +1,12 @@
-"""What the benchmark commands share: a preset option, and writing a result as JSON beside its plot."""
+"""What the benchmark commands share: a preset option, writing a result as JSON beside its plot, and timing a
+compiled call."""
 import argparse
 import json
 import os
+import time
+
+import jax
+import numpy as np
 
 
 def preset_arguments(doc, presets, argv=None):
@@ -23,3 +28,14 @@ def write_result(result, out_dir, stem, preset, plot):
   plot(result, path[:-5] + ".png")
   print(f"wrote {path} in {result['seconds']} s")
   return path
+
+
+def median_time(fn, *args, repeats=5):
+  """Median seconds of `fn(*args)` (jitted) over `repeats` calls, after one call that compiles it."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 import unrolled_es as ue
+from benchmarks.common import median_time
 from tasks import char_lm, int_lm
 from unrolled_es.train import make_outer_step
 
@@ -95,17 +96,6 @@ def run_backprop(cfg):
   return rows
 
 
-def _time(fn, *args, repeats=5):
-  """Median seconds of a jitted call after one warm-up."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def _forward_rates(hidden, horizon, rounds=5):
   """Median tokens per second of the plain forward pass, integer and float, timed in alternation (the machine is
   shared: interleaving keeps the ratio fair), and the median of the per-round ratios."""
@@ -114,7 +104,8 @@ def _forward_rates(hidden, horizon, rounds=5):
   float_theta = char_lm.init_params(0, 63, hidden, 1)
   forward_int = jax.jit(jax.vmap(int_lm.int_sequence_logits, (None, 0)))
   forward_float = jax.jit(jax.vmap(char_lm.sequence_logits, (None, 0)))
-  pairs = [(_time(forward_int, int_theta, tokens, repeats=3), _time(forward_float, float_theta, tokens, repeats=3))
+  pairs = [(median_time(forward_int, int_theta, tokens, repeats=3),
+            median_time(forward_float, float_theta, tokens, repeats=3))
            for _ in range(rounds)]
   count = THROUGHPUT_BATCH * horizon
   return {"int8": count / float(np.median([a for a, _ in pairs])),
@@ -135,7 +126,7 @@ def throughput(cfg, widths=(64, 256)):
                           noise=ue.low_rank(1, factored=True), fitness=ue.fitness.z_scores())
   for name, est, theta in (("es_step_int8", int_es, int_task.theta0),
                            ("es_step_float32", float_es, float_task.theta0)):
-    out[name] = 2 * n * horizon / _time(jax.jit(est.estimate), key, theta, est.init(key, theta))
+    out[name] = 2 * n * horizon / median_time(jax.jit(est.estimate), key, theta, est.init(key, theta))
   return out
 
 
