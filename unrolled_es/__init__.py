@@ -10,6 +10,7 @@ from unrolled_es.genetic import deep_ga
 from unrolled_es.snes import snes
 from unrolled_es.orthogonal import orthogonal
 from unrolled_es.hybrid import hybrid
+from unrolled_es.guided import guided
 from unrolled_es.engine import es_estimator
 from unrolled_es.estimator import GradientEstimator, particle_mesh
 from unrolled_es.estimators import (baseline_es, es_single, full_bptt, full_es, generalized_pes, make, nres, pes,
@@ -33,6 +34,6 @@ from unrolled_es.integer import int_es, saturating_steps  # noqa: E402
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
            "linear", "materialize", "haiku_apply", "flax_apply", "nnx_model", "equinox_model", "particle_mesh", "make",
-           "multi_task", "Rule", "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "orthogonal", "hybrid",
+           "multi_task", "Rule", "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "orthogonal", "hybrid", "guided",
            "pruning", "es_estimator", "register", "registered", *ESTIMATORS, "ESTIMATORS", "integer", "integer_layers",
            "int_es", "saturating_steps"]

@@ -161,9 +161,14 @@ def es_estimator(system, rule: rules.Rule, **settings) -> GradientEstimator:
   """The GradientEstimator that runs `rule` on `system` with the shared settings (see estimator.settings):
   num_particles, sigma, truncation_length, stagger, noise, mask, mesh, horizons, fitness, diagnostics."""
   s = make_settings(system, members=len(rule.pairing.signs), **settings)
-  if s.noise.joint is not None and not (rule.whole_episodes or bool(rule.redraw(jnp.array([2]))[0])):
+  with jax.ensure_compile_time_eval():   # constructors may run inside a trace (ue.guided builds one per call)
+    redraws_every_window = bool(rule.redraw(jnp.array([2]))[0])
+  if s.noise.joint is not None and not (rule.whole_episodes or redraws_every_window):
     raise ValueError("noise drawn jointly over the population (orthogonal) needs every particle to draw at once: "
                      "use full_es, truncated_es or pes (a new draw every window), or independent noise")
+  if s.noise.varies and not (rule.whole_episodes or (redraws_every_window and rule.weighting is rules.CURRENT_DRAW)):
+    raise ValueError("noise whose distribution changes between estimates (guided) needs every estimate to weight "
+                     "only its own draws: use full_es or truncated_es, not PES's sum or ES-Single's kept draws")
 
   def init(key, theta):
     init_key, burn_key = checked_call(system, s, key, theta)

@@ -42,6 +42,7 @@ class Noise(NamedTuple):
   compact: bool = False   # a draw is far smaller than θ (low-rank factors): cheap enough to keep between windows
   leafwise: bool = True   # every function works leaf by leaf, on any sub-pytree of θ (masks draw only live leaves)
   joint: Callable | None = None   # (draws [N, ...], key) -> draws: a transform of a whole population's draws
+  varies: bool = False   # the distribution changes between estimates (guided): no estimate may mix calls' draws
 
 
 def _perturb_leaves(perturb_leaf, theta, eps, scale, key):
