@@ -12,7 +12,10 @@ Methods, all at the same T and K:
   pes_orth       PES with orthogonal directions within the population (Choromanski et al. 2018);
   uoro           UORO (Tallec & Ollivier 2018), forward-mode, unbiased;
   tbptt          truncated BPTT (biased);
-  hybrid         ES-Single and truncated BPTT mixed by inverse variance per coordinate (Metz et al. 2019).
+  hybrid         ES-Single and truncated BPTT mixed by inverse variance per coordinate (Metz et al. 2019);
+  guided         Guided ES (Maheswaranathan et al. 2019): truncated ES drawing half its variance along the
+                 gradient of one-particle truncated BPTT at the same θ (the paper's estimator; biased twice over:
+                 truncation and the guidance).
 
 Equal wall time: every method is first timed with `particles` particles (the median of interleaved calls of one
 estimate, compiled beforehand), then given N = particles · t_ES / t_method particles (at least 1; for the hybrid,
@@ -35,7 +38,7 @@ TASKS = {
     "rnn_char": dict(kw=dict(horizon=100, hidden=5, data="real"), sigma=1e-3, k=10, truth_keys=1024),
     "learned_optimizer": dict(kw=dict(horizon=40, hidden=(16,)), sigma=0.01, k=5, truth_keys=64),
 }
-METHODS = ("es_single", "baseline_es", "pes_orth", "uoro", "tbptt", "hybrid")
+METHODS = ("es_single", "baseline_es", "pes_orth", "uoro", "tbptt", "hybrid", "guided")
 PRESETS = {"default": dict(particles=16, repeats=64, reps=9), "quick": dict(particles=8, repeats=16, reps=5),
            "tiny": dict(particles=4, repeats=8, reps=2, tasks=("influence_balancing",))}
 
@@ -52,6 +55,9 @@ def build(method, system, n, sigma, k):
     return ue.uoro(system, num_particles=n, **kw)
   if method == "tbptt":
     return ue.truncated_bptt(system, num_particles=n, **kw)
+  if method == "guided":
+    return ue.guided(ue.truncated_es, system, subspace=1, alpha=0.5, num_particles=n, sigma=sigma,
+                     surrogate=ue.truncated_bptt(system, num_particles=1, **kw), **kw)
   half = max(1, n // 2)
   return ue.hybrid(ue.es_single(system, num_particles=half, sigma=sigma, diagnostics=True, **kw),
                    ue.truncated_bptt(system, num_particles=half, diagnostics=True, **kw))
