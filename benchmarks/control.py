@@ -49,7 +49,9 @@ ENVS = {
     "CartPole-v1": dict(budget=320_000),
     "Pendulum-v1": dict(budget=1_280_000),
     "Acrobot-v1": dict(budget=960_000),
-    "MountainCarContinuous-v0": dict(budget=710_000),
+    # The GA's mutation power is its own: at ES's σ 0.1 (and 0.3) no mutant reaches the goal and selection keeps
+    # the do-nothing policy (return 0); 1.0 solved 2 seeds of 3, 2.0 all 3 (98.6-98.8).
+    "MountainCarContinuous-v0": dict(budget=710_000, overrides={"deep_ga": {"sigma": 2.0}}),
     "Swimmer-v5": dict(budget=300_000, quick_budget=60_000, num_evals=10, overrides={"pes": {"outer_lr": 1.0}}),
 }
 REFERENCES = {
