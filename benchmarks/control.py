@@ -299,6 +299,7 @@ def main(argv=None):
     if set(args.methods) != set(METHODS) and earlier.get("config", {}).get("seeds") == seeds:
       # a run of some methods adds them beside the methods run earlier with the same seeds and budget
       methods = {**earlier.get("methods", {}), **methods}
+      t0 -= earlier.get("seconds", 0.0)   # the environment's seconds count every method's run
     result["envs"][env_id] = {"config": dict(config, num_evals=num_evals), "budget_env_steps": budget, "references": REFERENCES[env_id],
                               "seconds": time.perf_counter() - t0, "methods": methods}
   result["envs"] = {e: result["envs"][e] for e in ENVS if e in result["envs"]}
