@@ -272,6 +272,44 @@ def plot_sweeps(task, rec, scen, srec, out_dir, plt, suffix):
   return path
 
 
+def _cell(fig):
+  text = f"{fig['error']:.3g} ± {fig['error_se']:.2g}"
+  if abs(fig["variance"] - fig["error"]) > 0.02 * fig["error"]:
+    text += f" [var {fig['variance']:.3g}]"
+  return text
+
+
+def _scenario_tables(task, rec, scen_name, scen):
+  ladder = sorted({int(k) for by in scen["estimators"].values() for k in by})
+  lines = [f"{task}, data = {scen_name}: ‖g‖ = {scen['grad_norm']:.4g}, truth floor {scen['truth_floor']:.2g}. "
+           f"Normalised error E‖ĝ−g‖²/‖g‖² (mean ± SE; [var] where the variance differs by more than 2%)", "",
+           "| estimator | " + " | ".join(f"T/K={k}" for k in ladder) + " |", "|---" * (len(ladder) + 1) + "|"]
+  for name, by in scen["estimators"].items():
+    lines.append(f"| {name} | " + " | ".join(_cell(by[str(k)]) if str(k) in by else "–" for k in ladder) + " |")
+  for name, by in scen["estimators"].items():
+    for k, fig in by.items():
+      counts = fig.get("by_particles", {})
+      if len(counts) > 1:
+        lines.append(f"\n{name}, T/K = {k}, separate runs with each N: " + ", ".join(
+            f"N={n}: {_cell(f)}" for n, f in sorted(counts.items(), key=lambda c: int(c[0]))))
+  for name, by in scen["sigma_sweep"].items():
+    lines.append(f"\n{name}, T/K = {rec['sweep_k_over']}, against σ: " + ", ".join(
+        f"σ={s}: {_cell(f)} (bias² {f['bias_sq']:.2g})" for s, f in by.items()))
+  for rank, by in scen["low_rank"].items():
+    lines.append(f"\n{rank}, T/K = {rec['sweep_k_over']}: " + ", ".join(f"{n} {_cell(f)}" for n, f in by.items()))
+  return "\n".join(lines)
+
+
+def report(results):
+  """The JSON's figures as markdown tables (what benchmarks/RESULTS.md shows)."""
+  out = []
+  for task, rec in results["tasks"].items():
+    out.append(f"#### {task}: T = {rec['horizon']}, σ = {rec['sigma']}, N = {rec['particles']}, "
+               f"{rec['repeats']} repeats; truth: {rec['truth']}\n")
+    out.extend(_scenario_tables(task, rec, name, scen) + "\n" for name, scen in rec["scenarios"].items())
+  return "\n".join(out)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   mode = parser.add_mutually_exclusive_group()
@@ -281,7 +319,11 @@ def main(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--no-progress", action="store_true")
   parser.add_argument("--replot", metavar="JSON", help="only redraw the figures of an earlier run's JSON")
+  parser.add_argument("--report", metavar="JSON", help="only print an earlier run's figures as markdown tables")
   args = parser.parse_args(argv)
+  if args.report:
+    with open(args.report) as f:
+      return print(report(json.load(f)))
   preset = "tiny" if args.tiny else "quick" if args.quick else "full"
   suffix = "" if preset == "full" else f"_{preset}"
   os.makedirs(args.out, exist_ok=True)
