@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from unrolled_es.estimator import GradientEstimator
 from unrolled_es.noise import Noise, gaussian, weighted_sum
+from unrolled_es.orthogonal import gram_schmidt
 from unrolled_es.prng import raw_key, standard_normal
 
 
@@ -78,9 +79,9 @@ def guided_noise(basis, alpha: float, unbiased: bool, factored: bool = False) ->
 
 
 def _basis(directions):
-  """An orthonormal basis [n, k] of the rows of `directions` [k, n] (completed arbitrarily while rows are zero)."""
-  q, _ = jnp.linalg.qr(directions.T)
-  return q
+  """Orthonormal columns [n, k] spanning the rows of `directions` [k, n]; a zero or dependent row (before k
+  estimates have been seen) gives a zero column, i.e. no guidance along it (Σ's trace is then below n)."""
+  return gram_schmidt(directions).T
 
 
 def _checked(subspace, alpha, unbiased, surrogate):
