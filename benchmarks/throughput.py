@@ -19,7 +19,9 @@ Reported per configuration: seconds per estimate, particle-steps/s (N·K/t) and 
 bare, and memory per particle: bytes of estimator state (every state leaf with a leading N axis, / N) and of
 transient noise (the pre- and post-reset draws, plus the per-member perturbed θ where it is materialised).
 The --gpu preset adds two 100,000-particle runs of ES-Single with factored rank-1 noise, on this model and on
-the LSTM task `tasks.rnn_char` (`--preset big` runs only those, in float32, with their peak memory). Writes
+the LSTM task `tasks.rnn_char` (`--preset big` runs only those, in float32, with their peak memory).
+`--preset draws` times only one window's Gaussian draw for the population, dense against under a 90%-sparse mask
+of the matrices (the `gaussian_sparse90` rows time whole estimates under that mask). Writes
 benchmarks/results/throughput_<preset>.json and .png and prints a markdown table.
 """
 import argparse
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import unrolled_es as ue
+from benchmarks.common import median_time
 
 ESTIMATORS = ("es_single", "pes", "truncated_es")
 NOISES = {"gaussian": lambda: ue.gaussian(), "gaussian_factored": lambda: ue.gaussian(factored=True),
@@ -62,6 +65,9 @@ PRESETS = {
     "gpu_smoke": dict(widths=(32,), particles=(16,), rows=2, inputs=8, k=10, reps=2, dtype="bfloat16",
                       peers=True, big=(dict(model="rnn", width=16, particles=2000, rows=1),
                                        dict(model="rnn_char", hidden=5, particles=2000))),
+    # Only the noise draw of one window's population, dense against a 90%-sparse mask (compacted draws).
+    "draws": dict(widths=(64, 256), particles=(64, 1024), rows=4, inputs=16, k=10, reps=15, dtype="float32",
+                  peers=False, big=None, draws_only=True),
     "tiny": dict(widths=(8,), particles=(4,), rows=1, inputs=4, k=2, reps=1, dtype="float32", peers=False,
                  big=(dict(model="rnn", width=8, particles=16, rows=1), dict(model="rnn_char", hidden=2, particles=8)),
                  estimators=("es_single",), noises=("low_rank1_factored",)),
@@ -130,6 +136,27 @@ def sparse_mask(theta, density, seed=0):
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map(lambda x: rng.random(x.shape) < density if x.ndim == 2 else np.ones(x.shape, bool),
                                 theta)
+
+
+def draw_costs(spec, log):
+  """Median ms of one population's Gaussian draw (N keys, vmapped, jitted), dense against under a 90%-sparse mask
+  of the matrices (only live coordinates drawn), for each width and N of `spec`."""
+  out = []
+  for width in spec["widths"]:
+    _, theta = rnn_system(width, spec["rows"], spec["inputs"], spec["k"], spec["dtype"])
+    for n in spec["particles"]:
+      keys = jax.random.split(jax.random.PRNGKey(0), n)
+      times = {}
+      sparse = ue.masks.masked(ue.gaussian(), sparse_mask(theta, SPARSE["gaussian_sparse90"]))
+      for label, noise in (("dense", ue.gaussian()), ("sparse90", sparse)):
+        draw = jax.jit(lambda k, noise=noise: sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(
+            jax.vmap(noise.sample, (0, None))(k, theta))))
+        times[label] = median_time(draw, keys, repeats=spec["reps"]) * 1e3
+      out.append({"width": width, "particles": n, "dense_ms": times["dense"], "sparse90_ms": times["sparse90"],
+                  "sparse_over_dense": times["sparse90"] / times["dense"]})
+      log(f"draw, width {width}, N {n}: dense {times['dense']:.2f} ms, 90% sparse {times['sparse90']:.2f} ms "
+          f"({times['sparse90'] / times['dense']:.2f}x)")
+  return out
 
 
 def make(name, noise, system, n, k, theta=None):
@@ -299,14 +326,15 @@ def main(argv=None):
   start = time.perf_counter()
   log = lambda msg: print(msg, flush=True)
   rows = []
-  for width in spec["widths"]:
+  for width in () if spec.get("draws_only") else spec["widths"]:
     for n in spec["particles"]:
       log(f"width {width}, N {n}")
       rows += measure_group(width, n, spec, log)
   result = {"preset": preset, "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "machine": machine(),
             "settings": {k: v for k, v in spec.items() if k != "big"} | {"sigma": SIGMA, "horizon": 10 * spec["k"]},
-            "rows": rows, "big": [big_run(spec, b, log) for b in spec["big"]] if spec.get("big") else None}
+            "rows": rows, "big": [big_run(spec, b, log) for b in spec["big"]] if spec.get("big") else None,
+            "draws": draw_costs(spec, log) if spec.get("draws_only") else None}
   result["seconds"] = round(time.perf_counter() - start, 1)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, f"throughput_{preset}.json")
