@@ -112,7 +112,14 @@ def make_parser() -> argparse.ArgumentParser:
   sub.add_parser("list", help="list tasks, estimators and optimizers")
   t = sub.add_parser("train", help="train a task's outer parameters with an estimator",
                      description="Unset options come from the task's settings (or, with --resume, the run's config).")
-  pos_int, nonneg_int, pos_float = _number(int, 1, True), _number(int, 0, True), _number(float, 0, False)
+  _estimator_options(t)
+  _noise_options(t)
+  _loop_options(t)
+  return p
+
+
+def _estimator_options(t):
+  pos_int, pos_float = _number(int, 1, True), _number(float, 0, False)
   t.add_argument("--task", help="task name (see `unrolled-es list`)")
   t.add_argument("--task-arg", dest="task_args", action="append", type=_assignment, default=[],
                  metavar="NAME=VALUE", help="task option, repeatable, e.g. --task-arg horizon=200")
@@ -122,6 +129,16 @@ def make_parser() -> argparse.ArgumentParser:
   t.add_argument("--particles", type=pos_int, help="number of particles N")
   t.add_argument("--sigma", type=pos_float, help="perturbation scale σ")
   t.add_argument("--truncation", type=pos_int, help="truncation length K (inner steps per update)")
+  t.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None, help="antithetic pairs")
+  t.add_argument("--stagger", action=argparse.BooleanOptionalAction, default=None,
+                 help="start particles at staggered inner steps")
+  t.add_argument("--diagnostics", action="store_true", default=None,
+                 help="report and plot the estimate's variance from its particles (variance ratio, effective "
+                 "particles)")
+
+
+def _noise_options(t):
+  pos_int, pos_float = _number(int, 1, True), _number(float, 0, False)
   t.add_argument("--noise", choices=NOISES, help="perturbation noise: full-rank gaussian (default) or low_rank "
                  "A Bᵀ perturbations of matrix leaves (EGGROLL)")
   t.add_argument("--rank", type=pos_int, help="rank of --noise low_rank (default 1; alone, it implies low_rank)")
@@ -135,9 +152,10 @@ def make_parser() -> argparse.ArgumentParser:
   t.add_argument("--clip-differences", type=pos_float, metavar="C",
                  help="limit each particle's window-mean loss difference to [-C, C]")
   t.add_argument("--clip-gradient", type=pos_float, metavar="C", help="limit the estimate's global norm to C")
-  t.add_argument("--diagnostics", action="store_true", default=None,
-                 help="report and plot the estimate's variance from its particles (variance ratio, effective "
-                 "particles)")
+
+
+def _loop_options(t):
+  pos_int, nonneg_int, pos_float = _number(int, 1, True), _number(int, 0, True), _number(float, 0, False)
   t.add_argument("--lr", type=pos_float, help="outer learning rate")
   t.add_argument("--optimizer", choices=OPTIMIZERS, help="outer optimizer")
   t.add_argument("--steps", type=pos_int, help="outer steps")
@@ -145,9 +163,6 @@ def make_parser() -> argparse.ArgumentParser:
   t.add_argument("--eval-every", type=nonneg_int, help="evaluate every n steps (0: only at the end)")
   t.add_argument("--checkpoint-every", type=nonneg_int, help="checkpoint every n steps (0: only at the end)")
   t.add_argument("--log-every", type=pos_int, help="log a metrics record every n steps (default 1)")
-  t.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None, help="antithetic pairs")
-  t.add_argument("--stagger", action=argparse.BooleanOptionalAction, default=None,
-                 help="start particles at staggered inner steps")
   t.add_argument("--out", help="run folder (default runs/<task>_<estimator>)")
   g = t.add_mutually_exclusive_group()
   g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -157,7 +172,6 @@ def make_parser() -> argparse.ArgumentParser:
                  help="also log every metrics record to TensorBoard in <out>/tensorboard (needs tensorboardX)")
   t.add_argument("--no-report", dest="report", action="store_false",
                  help="skip the task's end-of-run report (e.g. the learned optimizer's comparison with Adam)")
-  return p
 
 
 # ---------------------------------------------------------------- train
