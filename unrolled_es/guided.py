@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from unrolled_es.estimator import GradientEstimator
 from unrolled_es.noise import Noise, gaussian, weighted_sum
 from unrolled_es.orthogonal import gram_schmidt
-from unrolled_es.prng import raw_key, standard_normal
+from unrolled_es.prng import cut, raw_key, standard_normal
 
 
 def _sizes(theta):
@@ -47,12 +47,7 @@ def _flat(tree):
 
 def _unflat(vector, like):
   leaves, treedef = jax.tree_util.tree_flatten(like)
-  out, start = [], 0
-  for x in leaves:
-    size = math.prod(jnp.shape(x))
-    out.append(vector[start:start + size].reshape(jnp.shape(x)))
-    start += size
-  return jax.tree_util.tree_unflatten(treedef, out)
+  return jax.tree_util.tree_unflatten(treedef, cut(vector, [jnp.shape(x) for x in leaves]))
 
 
 def guided_noise(basis, alpha: float, unbiased: bool, factored: bool = False) -> Noise:

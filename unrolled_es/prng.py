@@ -77,10 +77,14 @@ def draw_blocks(key, shapes):
   (the mistake of reusing one seed per tensor). One draw per particle rather than one per tensor keeps the
   compiled program small: the hash is emitted once, not once per leaf.
   """
-  sizes = [math.prod(shape) for shape in shapes]
-  flat = standard_normal(key, sum(sizes))
+  return cut(standard_normal(key, sum(math.prod(shape) for shape in shapes)), shapes)
+
+
+def cut(flat, shapes):
+  """Consecutive blocks of the vector `flat`, reshaped to `shapes` in order."""
   out, start = [], 0
-  for shape, size in zip(shapes, sizes):
+  for shape in shapes:
+    size = math.prod(shape)
     out.append(flat[start:start + size].reshape(shape))
     start += size
   return out
