@@ -297,7 +297,7 @@ def main(argv=None):
     methods = study(env_id, args.methods, seeds, budget, mode["stagger"], num_evals, spec.get("overrides"))
     earlier = result["envs"].get(env_id, {})
     if set(args.methods) != set(METHODS) and earlier.get("config", {}).get("seeds") == seeds:
-      # a run of some methods adds them beside the methods run earlier with the same seeds and budget
+      # a run of some methods adds them beside those run earlier with the same seeds (same file: same budget)
       methods = {**earlier.get("methods", {}), **methods}
       t0 -= earlier.get("seconds", 0.0)   # the environment's seconds count every method's run
     result["envs"][env_id] = {"config": dict(config, num_evals=num_evals), "budget_env_steps": budget, "references": REFERENCES[env_id],

@@ -57,25 +57,25 @@ def _run(outer, theta, opt_state, est_state, evaluate, steps, eval_every, tokens
   return rows, theta
 
 
+def _run_es(task, estimator, opt, cfg):
+  """`_run` of an ES estimator and its optimizer from the task's θ0; every step reads 2N episodes of T tokens."""
+  rows, _ = _run(make_outer_step(estimator, opt), task.theta0, opt.init(task.theta0),
+                 estimator.init(jax.random.PRNGKey(0), task.theta0), jax.jit(task.evaluate), cfg["steps"],
+                 cfg["eval_every"], 2 * cfg["particles"] * cfg["horizon"])
+  return rows
+
+
 def run_int_es(cfg):
   task = int_lm.int_lm(horizon=cfg["horizon"], hidden=cfg["hidden"])
   es = ue.int_es(task.system, num_particles=cfg["particles"], fitness="difference", decay_steps=cfg["decay_steps"])
-  opt = ue.saturating_steps(1)
-  outer = make_outer_step(es, opt)
-  rows, _ = _run(outer, task.theta0, opt.init(task.theta0), es.init(jax.random.PRNGKey(0), task.theta0),
-                 jax.jit(task.evaluate), cfg["steps"], cfg["eval_every"], 2 * cfg["particles"] * cfg["horizon"])
-  return rows
+  return _run_es(task, es, ue.saturating_steps(1), cfg)
 
 
 def run_float_es(cfg):
   task = int_lm.int_lm(horizon=cfg["horizon"], hidden=cfg["hidden"], model="float")
   est = ue.es_single(task.system, num_particles=cfg["particles"], sigma=0.02, truncation_length=cfg["horizon"],
                      noise=ue.low_rank(1, factored=True), fitness=ue.fitness.z_scores())
-  opt = optax.adam(3e-3)
-  outer = make_outer_step(est, opt)
-  rows, _ = _run(outer, task.theta0, opt.init(task.theta0), est.init(jax.random.PRNGKey(0), task.theta0),
-                 jax.jit(task.evaluate), cfg["steps"], cfg["eval_every"], 2 * cfg["particles"] * cfg["horizon"])
-  return rows
+  return _run_es(task, est, optax.adam(3e-3), cfg)
 
 
 def run_backprop(cfg):
