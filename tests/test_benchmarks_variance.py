@@ -26,6 +26,9 @@ def test_variance_es_single_flat_pes_grows(tmp_path):
   assert abs(ratio - 1) < 4 * se, (ratio, se)
   ratio, se = _ratio_and_se(pes[first], pes[last], "variance")
   assert ratio > 1.3 and ratio - 1 > 5 * se, (ratio, se)
+  text = variance.report(results)   # the markdown RESULTS.md shows, printed from these figures
+  assert f"| pes | {variance._cell(pes[first])} | {variance._cell(pes[last])} |" in text
+  assert "es_single, T/K = 1, separate runs with each N: N=8: " in text
   # One window per episode: PES and ES-Single are the same estimator (the same draws, with common seeds).
   np.testing.assert_allclose(pes[first]["variance"], single[first]["variance"], rtol=1e-4)
 

@@ -31,3 +31,11 @@ def test_tiny_throughput_writes_sane_results(tmp_path):
   for b in result["big"]:
     assert b["gradient_finite"] and b["num_valid"] == b["particles"] and b["seconds"] > 0
     assert b["state_bytes_per_particle"] > 0 and b.get("host_peak_rss_bytes", b.get("device_peak_bytes", 0)) > 0
+
+
+def test_the_draws_preset_times_a_dense_and_a_sparse_draw():
+  rows = throughput.draw_costs(dict(widths=(8,), particles=(4,), rows=1, inputs=4, k=2, reps=1, dtype="float32"),
+                               lambda msg: None)
+  assert [(r["width"], r["particles"]) for r in rows] == [(8, 4)]
+  assert rows[0]["dense_ms"] > 0 and rows[0]["sparse90_ms"] > 0
+  np.testing.assert_allclose(rows[0]["sparse_over_dense"], rows[0]["sparse90_ms"] / rows[0]["dense_ms"])
