@@ -16,8 +16,8 @@ a 2-core CPU shared with other jobs.
 Reference returns (drawn beside the curves): CartPole-v1 at most 500 (Gymnasium's reward threshold 475);
 Acrobot-v1 −100 and MountainCarContinuous-v0 90 (Gymnasium's reward thresholds); Pendulum-v1 −200 (Gymnasium
 registers no threshold; −200 is this project's solved line; a linear policy of (cos θ, sin θ, θ̇) cannot swing
-the pendulum up and stays far below it); Swimmer ≈ 350 (ARS with linear policies, Mania et al. 2018; Gymnasium's
-threshold for Swimmer-v5 is 360).
+the pendulum up and stays far below it: benchmarks/pendulum_linear.py finds the best one); Swimmer ≈ 350 (ARS
+with linear policies, Mania et al. 2018; Gymnasium's threshold for Swimmer-v5 is 360).
 
 `METHODS` maps a name to `run(task, cfg, key, budget, num_evals, log, cache)`, which trains from task.theta0 and
 calls `log(env_steps, wall_seconds, theta)` at its evaluation points (step 0 included); `cache` is a dict kept
