@@ -9,12 +9,15 @@ import jax
 import numpy as np
 
 
-def preset_arguments(doc, presets, argv=None):
-  """--preset NAME (default "default"), --quick (= --preset quick) and --out DIR."""
+def preset_arguments(doc, presets, argv=None, extra=None):
+  """--preset NAME (default "default"), --quick (= --preset quick) and --out DIR; `extra(parser)` adds a
+  command's own options."""
   parser = argparse.ArgumentParser(description=doc.split("\n")[0])
   parser.add_argument("--preset", choices=sorted(presets), default="default")
   parser.add_argument("--quick", action="store_const", dest="preset", const="quick")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+  if extra is not None:
+    extra(parser)
   return parser.parse_args(argv)
 
 

@@ -1,6 +1,6 @@
 """How well can any linear policy do on Pendulum-v1? A global search of the whole affine policy class.
 
-    python -m benchmarks.pendulum_linear [--quick]
+    python -m benchmarks.pendulum_linear [--quick] [--compare RUN_DIR]
 
 Every linear policy of `tasks.get("control", env="Pendulum-v1")` is a = clip(w·(cos θ, sin θ, θ̇) + b, −2, 2) for
 some (w, b) in R⁴, with or without `bias=True` (ARS observation normalisation is an affine change of the
@@ -13,12 +13,18 @@ the task's own episodes (`bias=True, normalize_obs=False`: gymnax's Pendulum-v1,
    the best candidates, its initial step 0.3 of the start's norm, scored on 256 common episodes;
 3. the best restarts re-scored on 1024 held-out episodes: mean return and standard error.
 
-The best with an anti-damping velocity gain (w_θ̇ > 0) is reported apart. Why the class falls short: at the
-upright position a linear policy holds the pendulum only if its velocity gain damps (w_θ̇ < 0, linearising
-θ̈ = 15 sin θ + 3u), and since clip is monotone that sign then holds at every angle, so near the bottom the
-policy also takes energy out of a swing instead of pumping it in; with an anti-damping gain it pumps, but cannot
-stop at the top. Writes pendulum_linear.json / .png (…_quick with --quick) to --out.
+The random search's best policy with an anti-damping velocity gain (w_θ̇ > 0) is re-scored apart. With
+--compare, the last θ of an `unrolled-es train --task control --task-arg env=Pendulum-v1` run is scored on the
+same held-out episodes, paired against the best affine policy: how far training is from the class's best.
+
+Why the class falls short: at the upright position a linear policy holds the pendulum only if its velocity gain
+damps (w_θ̇ < 0, linearising θ̈ = 15 sin θ + 3u), and since clip is monotone that sign then holds at every
+angle, so near the bottom the policy also takes energy out of a swing instead of pumping it in; with an
+anti-damping gain it pumps, but cannot stop at the top. Writes pendulum_linear.json / .png (…_quick with
+--quick) to --out.
 """
+import json
+import os
 import time
 
 import jax
@@ -93,10 +99,45 @@ def cma_restarts(score, starts, cfg, keys, key):
   return bests, best_returns, history
 
 
+def held_out_keys(cfg):
+  return jax.random.split(jax.random.key(3), cfg["held_out_episodes"])
+
+
 def held_out(system, policies, cfg):
-  keys = jax.random.split(jax.random.key(3), cfg["held_out_episodes"])
+  keys = held_out_keys(cfg)
   returns = np.asarray(jax.jit(lambda p, k: episode_returns(system, p, k))(jnp.asarray(policies), keys))
   return returns.mean(axis=1), returns.std(axis=1, ddof=1) / np.sqrt(returns.shape[1])
+
+
+def trained_run_returns(run_dir, keys):
+  """Returns on `keys` of the θ that `unrolled-es train --task control --task-arg env=Pendulum-v1 ...` saved last
+  in run_dir, under the run's own task options (its policy and normalisation)."""
+  import tasks
+  from unrolled_es.checkpoint import restore_latest
+  with open(os.path.join(run_dir, "config.json")) as f:
+    config = json.load(f)
+  if config["task"] != "control" or config["task_args"].get("env") != "Pendulum-v1":
+    raise ValueError(f"--compare needs a run of the control task on Pendulum-v1; {run_dir} ran "
+                     f"{config['task']} with {config['task_args']}")
+  # Scored on the standard 200-step episodes whatever horizon the run trained with, like the affine policies.
+  task = tasks.get("control", **{k: v for k, v in config["task_args"].items() if k != "horizon"})
+  restored = restore_latest(os.path.join(run_dir, "checkpoints"), task.theta0, part="theta")
+  if restored is None:
+    raise ValueError(f"--compare: no checkpoint in {run_dir}/checkpoints")
+  theta, step, _ = restored
+  episode = lambda key: -jnp.sum(run_episode(task.system, theta, key)[1])  # noqa: E731
+  return np.asarray(jax.jit(jax.vmap(episode))(keys)), step
+
+
+def compare(run_dir, best_policy, cfg):
+  """The trained run's θ against the best affine policy on the same held-out episodes, paired."""
+  keys = held_out_keys(cfg)
+  returns, step = trained_run_returns(run_dir, keys)
+  best = np.asarray(episode_returns(pendulum_system(), jnp.asarray(best_policy)[None], keys))[0]
+  diff = returns - best
+  se = lambda x: float(x.std(ddof=1) / np.sqrt(len(x)))  # noqa: E731
+  return {"run": run_dir, "step": int(step), "held_out_mean": float(returns.mean()), "held_out_stderr": se(returns),
+          "minus_best": float(diff.mean()), "minus_best_stderr": se(diff)}
 
 
 def run(cfg):
@@ -140,11 +181,21 @@ def plot(result, path):
 
 
 def main(argv=None):
-  args = preset_arguments(__doc__, PRESETS, argv)
-  result = run(PRESETS[args.preset])
+  args = preset_arguments(__doc__, PRESETS, argv, extra=lambda parser: parser.add_argument(
+      "--compare", metavar="RUN_DIR", help="also score this `unrolled-es train` run's last θ on the held-out "
+      "episodes, paired against the best affine policy"))
+  cfg = PRESETS[args.preset]
+  result = run(cfg)
+  if args.compare:
+    best = result["held_out_policies"][int(np.argmax(result["held_out_mean"]))]
+    result["compare"] = compare(args.compare, best, cfg)
   write_result(result, args.out, "pendulum_linear", args.preset, plot)
-  print(f"best affine policy: {max(result['held_out_mean']):.1f} on {result['config']['held_out_episodes']} "
-        f"held-out episodes; anti-damping best {result['anti_damping_held_out'][0]:.1f}")
+  print(f"best affine policy: {max(result['held_out_mean']):.1f} on {cfg['held_out_episodes']} held-out "
+        f"episodes; random search's best anti-damping policy {result['anti_damping_held_out'][0]:.1f}")
+  if args.compare:
+    c = result["compare"]
+    print(f"{c['run']} (step {c['step']}): {c['held_out_mean']:.1f} ± {c['held_out_stderr']:.1f}, "
+          f"{c['minus_best']:.1f} ± {c['minus_best_stderr']:.1f} against the best, paired")
 
 
 if __name__ == "__main__":

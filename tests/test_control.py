@@ -388,3 +388,32 @@ def test_pendulum_ceiling_search_scores_the_tasks_policies_and_its_cma_es_climbs
   _, best, _ = pendulum_linear.cma_restarts(score, starts, dict(population=8, generations=25), keys,
                                             jax.random.key(4))
   assert np.all(best > -1000), best
+
+
+def test_pendulum_ceiling_compare_scores_a_trained_run_on_the_held_out_episodes(tmp_path):
+  pytest.importorskip("evosax")
+  import json
+  from benchmarks import pendulum_linear
+  from unrolled_es import cli
+  from unrolled_es.checkpoint import restore_latest
+  run = tmp_path / "run"
+  assert cli.main(["train", "--task", "control", "--task-arg", "env=Pendulum-v1", "--task-arg", "horizon=10",
+                   "--estimator", "es_single", "--particles", "4", "--truncation", "5", "--steps", "2",
+                   "--out", str(run), "--no-progress", "--no-report"]) == 0
+  cfg = dict(held_out_episodes=8)
+  best = np.array([52.5, -26.2, -11.4, -52.2], np.float32)
+  got = pendulum_linear.compare(str(run), best, cfg)
+  task = tasks.get("control", env="Pendulum-v1", num_eval=8)   # the standard 200 steps, not the run's 10
+  theta, _, _ = restore_latest(str(run / "checkpoints"), task.theta0, part="theta")
+  expected = task.evaluate(theta, jax.random.key(3))["return"]
+  assert got["step"] == 2
+  np.testing.assert_allclose(got["held_out_mean"], expected, rtol=1e-5)
+  biased = tasks.get("control", env="Pendulum-v1", policy="linear", bias=True, normalize_obs=False, num_eval=8)
+  best_theta = {"policy": {"w": jnp.asarray(best[:3, None]), "b": jnp.asarray(best[3:])}}
+  np.testing.assert_allclose(got["held_out_mean"] - got["minus_best"],
+                             biased.evaluate(best_theta, jax.random.key(3))["return"], rtol=1e-4)
+  (tmp_path / "cartpole").mkdir()
+  (tmp_path / "cartpole" / "config.json").write_text(json.dumps({"task": "control",
+                                                                 "task_args": {"env": "CartPole-v1"}}))
+  with pytest.raises(ValueError, match="Pendulum-v1"):
+    pendulum_linear.compare(str(tmp_path / "cartpole"), best, cfg)
