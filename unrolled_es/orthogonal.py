@@ -40,9 +40,14 @@ def orthogonal_rows(x, key):
   """Rows of x [N, d] replaced, in blocks of at most d, by orthonormal rows (Haar-distributed) scaled to the norms
   of independent Gaussian vectors."""
   n, d = x.shape
-  blocks = [gram_schmidt(x[start:start + d]) for start in range(0, n, d)]
+  size = min(n, d)
+  count = -(-n // size)
+  # All blocks at once (a Python loop would emit one Gram-Schmidt per block: N of them when d = 1). The last
+  # block's padding rows are zero and come after its real rows, so they leave those unchanged.
+  padded = jnp.concatenate([x, jnp.zeros((count * size - n, d), x.dtype)]).reshape(count, size, d)
+  rows = jax.vmap(gram_schmidt)(padded).reshape(count * size, d)[:n]
   norms = jnp.linalg.norm(jax.random.normal(key, (n, d)), axis=1)
-  return jnp.concatenate(blocks) * norms[:, None]
+  return rows * norms[:, None]
 
 
 def _orthogonalise(batch, key):
