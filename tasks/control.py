@@ -35,8 +35,8 @@ update_obs_norm = observation_norm.update_obs_norm
 
 # Estimator settings per environment: with them `unrolled-es train --task control --task-arg env=<id> --estimator
 # es_single` trains the policy (Pendulum-v1's are tuned for policy=mlp: the best linear policy scores about −775,
-# benchmarks/pendulum_linear.py). Swimmer's
-# are the NRES paper's (Li et al. 2023: N = 30 pairs, K = 100, σ = 0.3, SGD, lr 3); the gymnax ones are ours.
+# benchmarks/pendulum_linear.py). Swimmer's are the NRES paper's (Li et al. 2023: N = 30 pairs, K = 100, σ = 0.3,
+# SGD, lr 3); the gymnax ones are ours.
 SETTINGS = {
     "CartPole-v1": {"sigma": 0.1, "num_particles": 32, "truncation_length": 50, "outer_lr": 0.05,
                     "optimizer": "adam", "steps": 100},
