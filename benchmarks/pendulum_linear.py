@@ -103,10 +103,15 @@ def held_out_keys(cfg):
   return jax.random.split(jax.random.key(3), cfg["held_out_episodes"])
 
 
-def held_out(system, policies, cfg):
-  keys = held_out_keys(cfg)
-  returns = np.asarray(jax.jit(lambda p, k: episode_returns(system, p, k))(jnp.asarray(policies), keys))
-  return returns.mean(axis=1), returns.std(axis=1, ddof=1) / np.sqrt(returns.shape[1])
+def held_out_returns(system, policies, cfg):
+  """[policy, episode] returns of affine policies on the held-out episodes."""
+  score = jax.jit(lambda p, k: episode_returns(system, p, k))
+  return np.asarray(score(jnp.asarray(policies), held_out_keys(cfg)))
+
+
+def stderr(returns):
+  """Standard error of the mean over the last axis."""
+  return returns.std(axis=-1, ddof=1) / np.sqrt(returns.shape[-1])
 
 
 def trained_run_returns(run_dir, keys):
@@ -133,11 +138,10 @@ def compare(run_dir, best_policy, cfg):
   """The trained run's θ against the best affine policy on the same held-out episodes, paired."""
   keys = held_out_keys(cfg)
   returns, step = trained_run_returns(run_dir, keys)
-  best = np.asarray(episode_returns(pendulum_system(), jnp.asarray(best_policy)[None], keys))[0]
-  diff = returns - best
-  se = lambda x: float(x.std(ddof=1) / np.sqrt(len(x)))  # noqa: E731
-  return {"run": run_dir, "step": int(step), "held_out_mean": float(returns.mean()), "held_out_stderr": se(returns),
-          "minus_best": float(diff.mean()), "minus_best_stderr": se(diff)}
+  diff = returns - held_out_returns(pendulum_system(), [best_policy], cfg)[0]
+  return {"run": run_dir, "step": int(step), "held_out_mean": float(returns.mean()),
+          "held_out_stderr": float(stderr(returns)), "minus_best": float(diff.mean()),
+          "minus_best_stderr": float(stderr(diff))}
 
 
 def run(cfg):
@@ -151,14 +155,15 @@ def run(cfg):
   cma_keys = jax.random.split(jax.random.key(2), cfg["cma_episodes"])
   bests, best_returns, history = cma_restarts(score, starts, cfg, cma_keys, jax.random.key(4))
   top = np.argsort(best_returns)[::-1][:cfg["final"]]
-  mean, stderr = held_out(system, np.concatenate([bests[top], candidates[anti][None]]), cfg)
+  returns = held_out_returns(system, np.concatenate([bests[top], candidates[anti][None]]), cfg)
+  mean, se = returns.mean(axis=1), stderr(returns)
   return {"config": cfg, "seconds": round(time.perf_counter() - t0, 1), "solved_line": SOLVED,
           "random_search_best": search[order[:8]].tolist(), "random_search_best_policy": starts[0].tolist(),
           "cma_best_returns": best_returns.tolist(), "cma_history": history,
           "held_out_policies": bests[top].tolist(), "held_out_mean": mean[:-1].tolist(),
-          "held_out_stderr": stderr[:-1].tolist(),
+          "held_out_stderr": se[:-1].tolist(),
           "anti_damping_policy": candidates[anti].tolist(), "anti_damping_search_return": float(search[anti]),
-          "anti_damping_held_out": [float(mean[-1]), float(stderr[-1])]}
+          "anti_damping_held_out": [float(mean[-1]), float(se[-1])]}
 
 
 def plot(result, path):
