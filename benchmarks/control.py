@@ -2,7 +2,7 @@
 
     python -m benchmarks.control [--quick] [--envs CartPole-v1,Swimmer-v5] [--methods es_single,pes] [--seeds R]
 
-Every method trains the linear policy of `tasks.get("control", env=...)` (ARS form: W = 0 at the start, observation
+Every method trains the linear policy of `unrolled_es_tasks.get("control", env=...)` (ARS form: W = 0 at the start, observation
 normalisation) from the same start, with the task's settings (σ, N pairs, K, optimizer and learning rate; PES on
 Swimmer uses the NRES paper's lr 1 instead of 3), and the same budget of environment steps, counted as the
 particles' inner steps: the staggering burn-in plus every update's N·2·K (N·2·T for full ES, which therefore makes
@@ -39,11 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import tasks
-import tasks.control_envs
+import unrolled_es_tasks as tasks
+import unrolled_es_tasks.control_envs
 import unrolled_es as ue
-from tasks.control_policies import apply_policy, to_action
-from tasks.observation_norm import normalize
+from unrolled_es_tasks.control_policies import apply_policy, to_action
+from unrolled_es_tasks.observation_norm import normalize
 
 ENVS = {
     "CartPole-v1": dict(budget=320_000),

@@ -27,7 +27,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from scipy import stats
 
-import tasks
+import unrolled_es_tasks as tasks
 import unrolled_es as ue
 from benchmarks.evosax_peer import evosax_estimator
 

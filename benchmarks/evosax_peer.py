@@ -10,7 +10,7 @@ noise_reuse_es}.py, evosax 0.3.2):
   updates to the mean (optax.sgd(lr) moves the mean by -lr·g: descent).
 * Antithetic layout: popsize must be even; rows [0, M/2) are +ε, rows [M/2, M) are their negatives, so
   member i pairs with member i + M/2. With P = M/2 pairs, g = 1/(2Pσ²) Σ_i ε_i (f⁺_i - f⁻_i): exactly the
-  antithetic estimate of unrolled_es.rules (ANTITHETIC) with N = P. Here `num_particles` is P, and evosax's
+  antithetic estimate of unrolled_es.core.rules (ANTITHETIC) with N = P. Here `num_particles` is P, and evosax's
   popsize is 2P.
 * σ: `pert = std · z` with std = std_schedule(generation); we pass a constant schedule, so no decay.
   Fitness shaping must be the identity (its default) for a gradient estimate; we pass it explicitly.
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from unrolled_es.system import (UnrolledSystem, check_int, check_positive_float, check_system, check_theta,
+from unrolled_es.core.system import (UnrolledSystem, check_int, check_positive_float, check_system, check_theta,
                                 episode_keys, step_key)
 
 KINDS = ("persistent_es", "noise_reuse_es")
@@ -154,7 +154,7 @@ def evosax_estimator(kind: str, system: UnrolledSystem, num_particles: int, sigm
     fitness = jnp.mean(losses, axis=0)
     es, _ = strategy.tell(tell_key, population, fitness, es, params)
     grad = unravel(es.opt_state)
-    # The same scalars as our estimators report, counted per pair (a "particle" of unrolled_es.particles).
+    # The same scalars as our estimators report, counted per pair (a "particle" of unrolled_es.core.particles).
     finite = jnp.all(jnp.isfinite(losses.reshape(k, 2, num_pairs)), axis=(0, 1))
     n_valid = jnp.sum(finite)
     pair_loss = jnp.mean(fitness.reshape(2, num_pairs), axis=0)

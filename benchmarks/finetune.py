@@ -2,7 +2,7 @@
 
     python -m benchmarks.finetune [--quick] [--out DIR]
 
-The task (tasks.finetune): the shipped backprop-pretrained model (33k parameters, 2.39 held-out bits per
+The task (unrolled_es_tasks.finetune): the shipped backprop-pretrained model (33k parameters, 2.39 held-out bits per
 character) reads a 16-character prompt and samples T = 32 characters; every 'e' it samples costs 1 (a lipogram),
 so the loss is the fraction of e's (9.3% at the start). All parameters are fine-tuned. Every method draws the same
 number of sampled characters per unit of budget: 2N episodes of T characters per step for full ES (N antithetic
@@ -32,9 +32,9 @@ import numpy as np
 import optax
 
 import unrolled_es as ue
-from tasks import finetune
-from tasks.finetune_reinforce import reinforce
-from unrolled_es.train import make_outer_step
+from unrolled_es_tasks import finetune
+from unrolled_es_tasks.finetune_reinforce import reinforce
+from unrolled_es.training.loop import make_outer_step
 
 FULL = dict(particles=32, horizon=32, full_steps=300, evals=15, es_lrs=(1e-3, 3e-3), reinforce_lrs=(1e-4, 3e-4, 1e-3))
 QUICK = dict(particles=16, horizon=32, full_steps=100, evals=5, es_lrs=(3e-3,), reinforce_lrs=(3e-4,))

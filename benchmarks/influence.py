@@ -10,7 +10,7 @@ ES converge to a wrong θ (T = 100; K = 100 at T = 1000) or run away from their 
 Every method runs the same outer SGD (same learning rate, steps, particles N and seeds) from θ_0 = 0.5:
 truncated BPTT with K = 1, 10, 100 (K ≤ T), and truncated ES, PES and ES-Single with K = `es_truncation`
 (σ = 0.1, antithetic, staggered particles). A whole run, all seeds at once, is one jitted `lax.scan` over outer
-steps (vmapped over seeds); an update that would make θ non-finite is skipped, as in `unrolled_es.train`.
+steps (vmapped over seeds); an update that would make θ non-finite is skipped, as in `unrolled_es.training.loop`.
 
 Because the loss is quadratic and the system deterministic, the mean gradient of a truncated method is affine
 in θ, exactly: E ĝ(θ) = a (θ − θ_K), where θ_K is the truncated gradient's zero (for truncated BPTT the mean of
@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import tasks
+import unrolled_es_tasks as tasks
 import unrolled_es as ue
-from tasks.influence_balancing import influence_balancing_optimum
+from unrolled_es_tasks.influence_balancing import influence_balancing_optimum
 
 METHODS = ("tbptt_k1", "tbptt_k10", "tbptt_k100", "truncated_es", "pes", "es_single")
 LABELS = {"tbptt_k1": "truncated BPTT K=1", "tbptt_k10": "truncated BPTT K=10", "tbptt_k100": "truncated BPTT K=100",
@@ -99,7 +99,7 @@ def run(estimator, theta0, lr, steps, seeds, key):
       grad, state, info = estimator.estimate(jax.random.fold_in(train_key, i), theta, state)
       updates, new_opt_state = opt.update(grad, opt_state, theta)
       new_theta = optax.apply_updates(theta, updates)
-      ok = jnp.isfinite(new_theta)  # as unrolled_es.train: a non-finite update is skipped
+      ok = jnp.isfinite(new_theta)  # as unrolled_es.training.loop: a non-finite update is skipped
       theta = jnp.where(ok, new_theta, theta)
       return (theta, opt_state, state), (theta, jnp.logical_not(ok), info["num_nonfinite"])
 

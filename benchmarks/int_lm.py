@@ -4,7 +4,7 @@ ES and by backprop, and a unigram baseline; and the forward pass's tokens per se
     python -m benchmarks.int_lm [--quick] [--out DIR] [--steps S] [--particles N]
     python -m benchmarks.int_lm --gpu      # the device preset (bigger model and population); not run on CPU
 
-Methods, all on tasks.int_lm (an embedding, one minGRU layer with a ReLU MLP, 64 wide, 33k parameters; episodes
+Methods, all on unrolled_es_tasks.int_lm (an embedding, one minGRU layer with a ReLU MLP, 64 wide, 33k parameters; episodes
 of T = 64 characters from the first 90% of the corpus; evaluation on 64 fixed held-out segments of the last 10%):
 
   int_es     θ int8, unrolled_es.int_es (rank 1, sigma_shift 4, α from 1 to 1/16 over the first quarter of the
@@ -33,8 +33,8 @@ import optax
 
 import unrolled_es as ue
 from benchmarks.common import median_time
-from tasks import char_lm, int_lm
-from unrolled_es.train import make_outer_step
+from unrolled_es_tasks import char_lm, int_lm
+from unrolled_es.training.loop import make_outer_step
 
 FULL = dict(steps=2000, particles=256, eval_every=100, hidden=64, horizon=64, backprop_batch=32, decay_steps=500)
 QUICK = dict(steps=300, particles=64, eval_every=50, hidden=64, horizon=64, backprop_batch=32, decay_steps=100)

@@ -6,9 +6,9 @@ ones than magnitude pruning? (Lange & Sprekeler, "Lottery tickets in evolutionar
 Tasks: an MLP classifier (64-32-10, tanh) on the shipped 8×8 digits (default), or with `--preset cartpole` an MLP
 policy (4-16-16-2, tanh) on gymnax's CartPole-v1 (needs the rl extra; score: mean return of 16 episodes, gradient
 descent not applicable). The supervised task: weights θ trained directly by SNES
-(unrolled_es.snes: separable NES, per-coordinate σ adapted) on the minibatch cross-entropy (a one-step unrolled
+(unrolled_es.population.snes: separable NES, per-coordinate σ adapted) on the minibatch cross-entropy (a one-step unrolled
 system; the minibatch is drawn from the step key). For each criterion (SNR |μ|/σ, magnitude, random) and seed, the
-iterative protocol of unrolled_es.pruning.lottery: train, prune 20% of the remaining weights (biases never), rewind
+iterative protocol of unrolled_es.population.pruning.lottery: train, prune 20% of the remaining weights (biases never), rewind
 the survivors to the initialisation, repeat, from dense to ≥ 95% sparse. Reported: test accuracy against sparsity,
 mean and min–max over seeds. Transfer: the tickets at the sparsities in `transfer_at` retrained, from the same
 rewound initialisation, by full ES (ue.full_es with mask=, Adam) and by gradient descent (Adam on backprop, masked
@@ -23,8 +23,8 @@ import optax
 
 import unrolled_es as ue
 from benchmarks.common import preset_arguments, write_result
-from tasks.datasets import load_images
-from unrolled_es import pruning
+from unrolled_es_tasks.datasets import load_images
+from unrolled_es.population import pruning
 
 PRESETS = {
     "default": dict(seeds=3, rounds=14, generations=400, population=64, sigma=0.05, batch=256, transfer_at=(0.8, 0.95),
@@ -71,7 +71,7 @@ def digits(batch):
 
 def cartpole(seed):
   """(system, θ-initialiser, score: mean return of 16 episodes, None) of CartPole-v1 with an MLP policy."""
-  import tasks
+  import unrolled_es_tasks as tasks
   task = tasks.get("control", env="CartPole-v1", policy="mlp", hidden=(16, 16), normalize_obs=False, seed=seed)
   score = jax.jit(lambda theta: task.evaluate(theta, jax.random.PRNGKey(77))["return"])
   return task.system, lambda s: tasks.get("control", env="CartPole-v1", policy="mlp", hidden=(16, 16),

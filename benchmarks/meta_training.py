@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import tasks
+import unrolled_es_tasks as tasks
 import unrolled_es as ue
-from unrolled_es.train import make_outer_step
+from unrolled_es.training.loop import make_outer_step
 
 ESTIMATORS = ("pes", "es_single", "truncated_es", "full_es")
 LABELS = {"pes": "PES", "es_single": "ES-Single", "truncated_es": "truncated ES", "full_es": "full ES"}

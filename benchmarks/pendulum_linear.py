@@ -2,7 +2,7 @@
 
     python -m benchmarks.pendulum_linear [--quick] [--compare RUN_DIR]
 
-Every linear policy of `tasks.get("control", env="Pendulum-v1")` is a = clip(w·(cos θ, sin θ, θ̇) + b, −2, 2) for
+Every linear policy of `unrolled_es_tasks.get("control", env="Pendulum-v1")` is a = clip(w·(cos θ, sin θ, θ̇) + b, −2, 2) for
 some (w, b) in R⁴, with or without `bias=True` (ARS observation normalisation is an affine change of the
 observation, so it adds nothing to the class). This command looks for the best (w, b) directly, scoring each on
 the task's own episodes (`bias=True, normalize_obs=False`: gymnax's Pendulum-v1, 200 steps), in three stages:
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import preset_arguments, write_result
-from unrolled_es.system import run_episode
+from unrolled_es.core.system import run_episode
 
 PRESETS = {
     "default": dict(candidates=16_384, search_episodes=64, restarts=16, generations=60, population=16,
@@ -45,7 +45,7 @@ SOLVED = -200.0
 
 def pendulum_system():
   """The control task's Pendulum-v1 episode with a biased linear policy and no normalisation (the whole class)."""
-  import tasks  # needs the [rl] extra
+  import unrolled_es_tasks as tasks  # needs the [rl] extra
   return tasks.get("control", env="Pendulum-v1", policy="linear", bias=True, normalize_obs=False).system
 
 
@@ -117,8 +117,8 @@ def stderr(returns):
 def trained_run_returns(run_dir, keys):
   """Returns on `keys` of the θ that `unrolled-es train --task control --task-arg env=Pendulum-v1 ...` saved last
   in run_dir, under the run's own task options (its policy and normalisation)."""
-  import tasks
-  from unrolled_es.checkpoint import restore_latest
+  import unrolled_es_tasks as tasks
+  from unrolled_es.training.checkpoint import restore_latest
   with open(os.path.join(run_dir, "config.json")) as f:
     config = json.load(f)
   if config["task"] != "control" or config["task_args"].get("env") != "Pendulum-v1":

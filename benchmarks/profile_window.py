@@ -30,7 +30,10 @@ import numpy as np
 
 import unrolled_es as ue
 from benchmarks.throughput import SIGMA, bare_unroll, machine, rnn_system
-from unrolled_es import engine, estimator, particles, window
+from unrolled_es.core import engine
+from unrolled_es.core import estimator
+from unrolled_es.core import particles
+from unrolled_es.core import window
 
 CELLS = {"default": ((64, 64), (256, 1024)), "quick": ((64, 64), (64, 1024))}
 

@@ -19,7 +19,7 @@ Reported per configuration: seconds per estimate, particle-steps/s (N·K/t) and 
 bare, and memory per particle: bytes of estimator state (every state leaf with a leading N axis, / N) and of
 transient noise (the pre- and post-reset draws, plus the per-member perturbed θ where it is materialised).
 The --gpu preset adds two 100,000-particle runs of ES-Single with factored rank-1 noise, on this model and on
-the LSTM task `tasks.rnn_char` (`--preset big` runs only those, in float32, with their peak memory).
+the LSTM task `unrolled_es_tasks.rnn_char` (`--preset big` runs only those, in float32, with their peak memory).
 `--preset draws` times only one window's Gaussian draw for the population, dense against under a 90%-sparse mask
 of the matrices (the `gaussian_sparse90` rows time whole estimates under that mask). Writes
 benchmarks/results/throughput_<preset>.json and .png and prints a markdown table.
@@ -224,10 +224,10 @@ def measure_group(width, n, spec, log):
 
 
 def big_model(b, spec):
-  """(system, θ) of a big run: the benchmark's recurrent layer, or the LSTM task `tasks.rnn_char`."""
+  """(system, θ) of a big run: the benchmark's recurrent layer, or the LSTM task `unrolled_es_tasks.rnn_char`."""
   if b["model"] == "rnn":
     return rnn_system(b["width"], b["rows"], spec["inputs"], spec["k"], spec["dtype"])
-  import tasks
+  import unrolled_es_tasks as tasks
   task = tasks.get("rnn_char", horizon=10 * spec["k"], hidden=b["hidden"])
   return task.system, jax.tree_util.tree_map(lambda x: x.astype(spec["dtype"]), task.theta0)
 

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-import tasks
+import unrolled_es_tasks as tasks
 import unrolled_es as ue
-from unrolled_es.system import episode_losses
+from unrolled_es.core.system import episode_losses
 
 ONLINE = ("pes", "es_single", "truncated_es", "truncated_bptt")
 COLORS = {"pes": "C0", "es_single": "C1", "truncated_es": "C2", "truncated_bptt": "C3", "full_es": "k"}

@@ -31,11 +31,11 @@ import time
 import jax
 import numpy as np
 
-import tasks
+import unrolled_es_tasks as tasks
 import unrolled_es as ue
 from benchmarks.common import preset_arguments, write_result
 from benchmarks.variance import episode_estimates, summarize, true_gradient
-from unrolled_es.orthogonal import orthogonal
+from unrolled_es.noise.orthogonal import orthogonal
 
 TASKS = {
     "influence_balancing": dict(kw=dict(horizon=100), sigma=0.1, k=10, truth_keys=1),

@@ -1,4 +1,4 @@
-"""unrolled_es.checkpoint against orbax-checkpoint, on the state a training run saves: speed, atomicity when the
+"""unrolled_es.training.checkpoint against orbax-checkpoint, on the state a training run saves: speed, atomicity when the
 writer is killed, damage detection, and resume. The numbers behind the choice recorded in docs/dependencies.md.
 
     python docs/measure_checkpointing.py [--particles 64] [--repeats 5] [--kills 6] [--out results.json]
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from unrolled_es import checkpoint as ours  # noqa: E402
+from unrolled_es.training import checkpoint as ours  # noqa: E402
 
 
 def state_shapes(particles):
@@ -39,7 +39,7 @@ def state_shapes(particles):
   import optax
 
   import unrolled_es as ue
-  from tasks import learned_optimizer as lopt
+  from unrolled_es_tasks import learned_optimizer as lopt
   task = lopt.learned_optimizer()
   est = ue.es_single(task.system, num_particles=particles, sigma=0.01, truncation_length=1)
   key = jax.random.key(0)
@@ -67,7 +67,7 @@ def keys_as_data(tree):
 
 
 class Ours:
-  name = "unrolled_es.checkpoint"
+  name = "unrolled_es.training.checkpoint"
 
   def __init__(self, directory):
     self.dir = directory

@@ -2,7 +2,7 @@
 
     python docs/measure_utilities.py
 
-  * noise draws: unrolled_es.prng.standard_normal against jax.random.normal (2¹² and 2¹⁶ numbers per particle,
+  * noise draws: unrolled_es.core.prng.standard_normal against jax.random.normal (2¹² and 2¹⁶ numbers per particle,
     64 particles, vmapped and jitted and summed, as an ES estimate draws and consumes them): median of 15 calls;
   * gradient clipping: unrolled_es.clip_gradient's scaling against optax.clip_by_global_norm on the same
     pytree: the largest difference (they compute the same ĝ·min(1, c/‖ĝ‖)).
@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from unrolled_es import prng
-from unrolled_es.clipping import global_norm
+from unrolled_es.core import prng
+from unrolled_es.options.clipping import global_norm
 
 
 def median_time(fn, *args, repeats=15):
@@ -50,7 +50,7 @@ def clipping(max_norm=1.0):
 def main():
   for size in (1 << 12, 1 << 16):
     t_ours, t_theirs = draws(size)
-    print(f"normal draws, 64 x {size}: unrolled_es.prng {t_ours * 1e3:.2f} ms, jax.random.normal "
+    print(f"normal draws, 64 x {size}: unrolled_es.core.prng {t_ours * 1e3:.2f} ms, jax.random.normal "
           f"{t_theirs * 1e3:.2f} ms ({t_theirs / t_ours:.2f}x)")
   print(f"clipping: largest |ours - optax.clip_by_global_norm| = {clipping():.3g}")
 

@@ -1,20 +1,20 @@
 """Tasks built on the UnrolledSystem contract. `get(name, **kwargs)` builds one by name."""
 import importlib
 
-from tasks.base import Task
+from unrolled_es_tasks.base import Task
 
 # name -> module; each module defines a function of the same name returning a Task.
 _MODULES = {
-    "influence_balancing": "tasks.influence_balancing",
-    "toy_regression": "tasks.toy_regression",
-    "lorenz": "tasks.lorenz",
-    "lr_schedule": "tasks.lr_schedule",
-    "rnn_char": "tasks.rnn",
-    "rnn_copy": "tasks.rnn",
-    "learned_optimizer": "tasks.learned_optimizer",
-    "control": "tasks.control",
-    "int_lm": "tasks.int_lm",
-    "finetune": "tasks.finetune",
+    "influence_balancing": "unrolled_es_tasks.influence_balancing",
+    "toy_regression": "unrolled_es_tasks.toy_regression",
+    "lorenz": "unrolled_es_tasks.lorenz",
+    "lr_schedule": "unrolled_es_tasks.lr_schedule",
+    "rnn_char": "unrolled_es_tasks.rnn",
+    "rnn_copy": "unrolled_es_tasks.rnn",
+    "learned_optimizer": "unrolled_es_tasks.learned_optimizer",
+    "control": "unrolled_es_tasks.control",
+    "int_lm": "unrolled_es_tasks.int_lm",
+    "finetune": "unrolled_es_tasks.finetune",
 }
 NAMES = tuple(_MODULES)
 

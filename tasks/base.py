@@ -1,7 +1,7 @@
 """What every task returns: an unrolled system, where to start, and how to judge the result."""
 from typing import Any, Callable, NamedTuple
 
-from unrolled_es.system import UnrolledSystem
+from unrolled_es.core.system import UnrolledSystem
 
 
 class Task(NamedTuple):
@@ -22,7 +22,7 @@ class Task(NamedTuple):
              update (e.g. the control task merging the observation statistics its particles gathered).
   extra_systems: (system, weight) pairs of further inner problems that share θ but not `system`'s shapes (e.g.
              other widths of the network a learned optimizer trains); the command line builds one estimator per
-             system and combines them with `unrolled_es.multi_task` (`system` has weight 1).
+             system and combines them with `unrolled_es.options.multi_task` (`system` has weight 1).
   """
   name: str
   system: UnrolledSystem

@@ -6,7 +6,7 @@ Per token, with x the embedding of the token read and h_l the state of layer l:
     x ← x + h_l,         x ← x + relu(x W_1) W_2,                         (residual state and MLP)
     logits = x W_out.
 
-The same layout in int8 is tasks.int_lm's integer model, so the two have the same parameter count. Matrices go
+The same layout in int8 is unrolled_es_tasks.int_lm's integer model, so the two have the same parameter count. Matrices go
 through `unrolled_es.linear`, so factored ES noise (ue.low_rank(r, factored=True)) applies without forming a
 per-particle matrix; the embedding is a one-hot row times the table for the same reason.
 """
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from unrolled_es.layers import linear
+from unrolled_es.layers.plain import linear
 
 
 def init_params(seed: int, vocab: int, hidden: int, layers: int, mlp_ratio: int = 2):

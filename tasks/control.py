@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import observation_norm
-from tasks.base import Task
-from tasks.control_envs import ControlEnv, make_env
-from tasks.control_policies import POLICIES, SQUASHES, apply_policy, init_policy, to_action
-from unrolled_es.system import UnrolledSystem, check_bool, check_int, check_positive_float, run_episode
+from unrolled_es_tasks import observation_norm
+from unrolled_es_tasks.base import Task
+from unrolled_es_tasks.control_envs import ControlEnv, make_env
+from unrolled_es_tasks.control_policies import POLICIES, SQUASHES, apply_policy, init_policy, to_action
+from unrolled_es.core.system import UnrolledSystem, check_bool, check_int, check_positive_float, run_episode
 
 update_obs_norm = observation_norm.update_obs_norm
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.control_policies import ActionSpace
+from unrolled_es_tasks.control_policies import ActionSpace
 
 MJX_ENVS = ("Swimmer-v5",)
 
@@ -40,7 +40,7 @@ def make_env(env_id: str) -> ControlEnv:
   if not isinstance(env_id, str):
     raise ValueError(f"env must be an environment id (a string) or a ControlEnv; got {env_id!r}")
   if env_id in MJX_ENVS:
-    from tasks import mjx_swimmer
+    from unrolled_es_tasks import mjx_swimmer
     return mjx_swimmer.swimmer_v5()
   return gymnax_env(env_id)
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unrolled_es.layers import linear
+from unrolled_es.layers.plain import linear
 
 POLICIES = ("linear", "mlp")
 SQUASHES = ("clip", "tanh")

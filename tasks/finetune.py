@@ -1,9 +1,9 @@
 """Fine-tuning a pretrained character model by ES against a reward that needs no labels (the workflow of Qiu et
 al., "Evolution Strategies at Scale: LLM Fine-Tuning Beyond Reinforcement Learning", 2025, at CPU size).
 
-The model (tasks.char_lm: embedding, one minGRU layer with a ReLU MLP, 64 wide, 33k parameters) was pre-trained
-by backprop on the first 90% of the corpus of tasks.text and ships in tasks/data/finetune_char_lm.npz
-(`python -m tasks.finetune --pretrain` rewrites it). θ is all of its parameters.
+The model (unrolled_es_tasks.char_lm: embedding, one minGRU layer with a ReLU MLP, 64 wide, 33k parameters) was pre-trained
+by backprop on the first 90% of the corpus of unrolled_es_tasks.text and ships in tasks/data/finetune_char_lm.npz
+(`python -m unrolled_es_tasks.finetune --pretrain` rewrites it). θ is all of its parameters.
 
 An episode reads a `prompt`-character prompt drawn from the corpus, then samples `horizon` characters from
 p_θ, one per inner step, from the step's key (so the two members of an antithetic pair sample with the same
@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import char_lm, text
-from tasks.base import Task
-from unrolled_es.system import UnrolledSystem, check_int, episode_keys, step_key
+from unrolled_es_tasks import char_lm, text
+from unrolled_es_tasks.base import Task
+from unrolled_es.core.system import UnrolledSystem, check_int, episode_keys, step_key
 
 PRETRAINED = os.path.join(os.path.dirname(__file__), "data", "finetune_char_lm.npz")
 TRAIN_FRACTION = 0.9
@@ -39,14 +39,14 @@ class GenState(NamedTuple):
 def pretrained():
   """(params, metadata) of the shipped pretrained model."""
   if not os.path.exists(PRETRAINED):
-    raise ValueError(f"the pretrained model {PRETRAINED} is missing; write it with `python -m tasks.finetune "
+    raise ValueError(f"the pretrained model {PRETRAINED} is missing; write it with `python -m unrolled_es_tasks.finetune "
                      f"--pretrain`")
   return char_lm.load_params(PRETRAINED)
 
 
 def _avoid_mask(avoid: str):
   if not (isinstance(avoid, str) and avoid and all(c in text.VOCAB for c in avoid)):
-    raise ValueError(f"avoid must be a non-empty string of characters from tasks.text.VOCAB; got {avoid!r}")
+    raise ValueError(f"avoid must be a non-empty string of characters from unrolled_es_tasks.text.VOCAB; got {avoid!r}")
   mask = np.zeros(text.VOCAB_SIZE, np.float32)
   mask[text.encode(avoid)] = 1.0
   return jnp.asarray(mask)
@@ -138,7 +138,7 @@ def finetune(horizon: int = 32, prompt: int = 16, avoid: str = "e", eval_prompts
 
 
 def write_pretrained(steps: int = 2000, hidden: int = 64, layers: int = 1, seed: int = 0, path: str = PRETRAINED):
-  """Pre-trains tasks.char_lm by backprop on the training split and writes it to `path`. Returns its held-out
+  """Pre-trains unrolled_es_tasks.char_lm by backprop on the training split and writes it to `path`. Returns its held-out
   bits per character."""
   corpus, _, segments = held_out(16, 64)
   params, losses = char_lm.pretrain(char_lm.init_params(seed, text.VOCAB_SIZE, hidden, layers), corpus,

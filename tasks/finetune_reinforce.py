@@ -12,10 +12,10 @@ policy's log-likelihood, never the reward. At equal samples to ES with N antithe
 import jax
 import jax.numpy as jnp
 
-from tasks import finetune
-from unrolled_es.estimator import GradientEstimator
-from unrolled_es.prng import raw_key
-from unrolled_es.system import check_int, episode_keys, step_key
+from unrolled_es_tasks import finetune
+from unrolled_es.core.estimator import GradientEstimator
+from unrolled_es.core.prng import raw_key
+from unrolled_es.core.system import check_int, episode_keys, step_key
 
 
 def _episode(theta, key, corpus, horizon: int, prompt: int, avoided):

@@ -23,8 +23,8 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.base import Task
-from unrolled_es.system import UnrolledSystem, check_int, episode_losses
+from unrolled_es_tasks.base import Task
+from unrolled_es.core.system import UnrolledSystem, check_int, episode_losses
 
 SIZE = 23
 NUM_POSITIVE = 10

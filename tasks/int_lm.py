@@ -1,14 +1,14 @@
 """An integer recurrent character language model, pre-trained by integer low-rank ES (EGGROLL's integer
-experiments: Sarkar et al., "Evolution Strategies at the Hyperscale", 2025), on the offline corpus of tasks.text.
+experiments: Sarkar et al., "Evolution Strategies at the Hyperscale", 2025), on the offline corpus of unrolled_es_tasks.text.
 
 θ is int8 throughout; activations are int8 in fixed point ×16 and saturate at ±127; matmuls accumulate in int32
-(unrolled_es.integer_layers). Per token, with x the embedding of the token read:
+(unrolled_es.layers.integer). Per token, with x the embedding of the token read:
 
     h_l ← minGRU_l(x, h_l),  x ← sat(x + h_l),  x ← sat(x + W_2 relu(W_1 x)),   logits = W_out x,
 
 and p(next) ∝ 2^(logits/16). The training loss is −log₂ p(next) computed in integers (a 255-entry exp₂ table and
 a 256-entry log₂ table, in 1/16 bits); evaluation reports the exact bits per character of the same distribution.
-`model="float"` builds the same layout in float32 (tasks.char_lm) for the float estimators and backprop.
+`model="float"` builds the same layout in float32 (unrolled_es_tasks.char_lm) for the float estimators and backprop.
 
 An episode reads `horizon` consecutive characters from a random start in the first 90% of the corpus, from zero
 states; evaluation reads `eval_segments` fixed segments of the last 10%.
@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import char_lm, text
-from tasks.base import Task
-from unrolled_es import integer_layers as il
-from unrolled_es.system import UnrolledSystem, check_int
+from unrolled_es_tasks import char_lm, text
+from unrolled_es_tasks.base import Task
+from unrolled_es.layers import integer as il
+from unrolled_es.core.system import UnrolledSystem, check_int
 
 MODELS = ("int8", "float")
 TRAIN_FRACTION = 0.9

@@ -1,12 +1,12 @@
 """Meta-learning a per-parameter MLP optimizer over a family of MLP classification problems.
 
-θ is the haiku params of the learned optimizer of `tasks.lopt_network`: Adam's direction under a cosine
+θ is the haiku params of the learned optimizer of `unrolled_es_tasks.lopt_network`: Adam's direction under a cosine
 schedule as the nominal step (Harrison, Metz & Sohl-Dickstein 2022), times a bounded learned multiplier,
 plus a bounded learned direction correction, from per-tensor normalised features (Metz et al. 2022). The
 default network has one hidden layer of 8 units (170 parameters): a small θ is what evolution strategies can
 improve within a CPU budget (their gradient variance grows with the dimension).
 
-Inner problem (`tasks.lopt_problems`): an MLP classifier (widths `hidden`, GELU) trained for T = `horizon`
+Inner problem (`unrolled_es_tasks.lopt_problems`): an MLP classifier (widths `hidden`, GELU) trained for T = `horizon`
 steps on a problem drawn per episode from a family (the 8×8 digits or a synthetic Gaussian mixture, batch size
 and initialisation scale; `datasets`, `vary`). Meta-loss: the mean along the run of the per-step loss divided
 by log C and clipped to [0, 1.5], on a minibatch of a validation split (`meta_loss="valid"`, the default:
@@ -24,13 +24,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tasks import lopt_network, lopt_problems
-from tasks.base import Task
-from tasks.models import check_hidden
-from tasks.lopt_network import LoptSpec
-from tasks.lopt_optax import as_optax, load, load_theta
-from tasks.lopt_problems import Family
-from unrolled_es.system import UnrolledSystem, check_int, episode_keys, step_key
+from unrolled_es_tasks import lopt_network, lopt_problems
+from unrolled_es_tasks.base import Task
+from unrolled_es_tasks.models import check_hidden
+from unrolled_es_tasks.lopt_network import LoptSpec
+from unrolled_es_tasks.lopt_optax import as_optax, load, load_theta
+from unrolled_es_tasks.lopt_problems import Family
+from unrolled_es.core.system import UnrolledSystem, check_int, episode_keys, step_key
 
 
 FAN_IN_POWER = 1.0
@@ -72,7 +72,7 @@ def system(config: LoptConfig, family: Family | None = None) -> UnrolledSystem:
 
 
 def systems_by_width(config: LoptConfig, widths) -> list:
-  """One system per MLP width (shape-changing family members), to combine with `unrolled_es.multi_task`:
+  """One system per MLP width (shape-changing family members), to combine with `unrolled_es.options.multi_task`:
 
       est = ue.multi_task([ue.es_single(s, ...) for s in systems_by_width(config, [(16, 16), (32, 32)])])
   """
@@ -91,7 +91,7 @@ def learned_optimizer(horizon: int = 200, hidden=(32, 32), activation: str = "ge
   outer learning rate (1e-3, NRES 3e-4) and the steps are ours, sized for a CPU. evaluate -> meta_loss (the
   system's mean loss over one episode), final_train_loss (the last 10% of steps, / log C), test_loss (/ log C)
   and test_accuracy of the final classifier. extra_widths: further MLP widths meta-trained in the same outer
-  step (`Task.extra_systems`, combined by `unrolled_es.multi_task` on the command line); the report then calls
+  step (`Task.extra_systems`, combined by `unrolled_es.options.multi_task` on the command line); the report then calls
   them meta-trained, not held out.
   """
   config = make_config(horizon, hidden, activation, batch_size, data_path, datasets, vary, meta_loss, lopt_hidden,
@@ -99,7 +99,7 @@ def learned_optimizer(horizon: int = 200, hidden=(32, 32), activation: str = "ge
   theta0 = lopt_network.init_theta(config.spec, config.seed)
   settings = {"sigma": 0.01, "num_particles": 64, "truncation_length": 1, "outer_lr": 1e-3,
               "optimizer": "adam", "steps": 4000}
-  from tasks import lopt_eval
+  from unrolled_es_tasks import lopt_eval
   extra_widths = tuple(check_hidden("extra_widths", w) for w in extra_widths)
   extra = tuple((s, 1.0) for s in systems_by_width(config, extra_widths))
   return Task("learned_optimizer", system(config), theta0, functools.partial(evaluate, config), settings,
@@ -108,7 +108,7 @@ def learned_optimizer(horizon: int = 200, hidden=(32, 32), activation: str = "ge
 
 
 def evaluate(config: LoptConfig, theta, key):
-  """One unperturbed episode from `key` (the key schedule of unrolled_es.system.run_episode)."""
+  """One unperturbed episode from `key` (the key schedule of unrolled_es.core.system.run_episode)."""
   opt = as_optax(theta, config.horizon, config.spec)
   init_key, base = episode_keys(key)
   state = lopt_problems.episode_init(config.family, opt, init_key)

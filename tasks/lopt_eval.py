@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks import lopt_problems
-from tasks.lopt_optax import as_optax
-from unrolled_es.system import check_int, episode_keys, step_key
+from unrolled_es_tasks import lopt_problems
+from unrolled_es_tasks.lopt_optax import as_optax
+from unrolled_es.core.system import check_int, episode_keys, step_key
 
 ADAM_LRS = tuple(float(10 ** (k / 4)) for k in range(-16, -1))   # 1e-4 … 10^-0.5, quarter-decade steps
 SCHEDULES = ("constant", "cosine")
@@ -70,7 +70,7 @@ def _adam(lr, cosine, steps):
 
 
 def run(family, optimizer, key, steps):
-  """One inner training from `key` (the key schedule of unrolled_es.system.run_episode): per-step meta-split
+  """One inner training from `key` (the key schedule of unrolled_es.core.system.run_episode): per-step meta-split
   and train losses (/ log C, unclipped) and the final test loss (/ log C) and accuracy."""
   init_key, base = episode_keys(key)
   state = lopt_problems.episode_init(family, optimizer, init_key)

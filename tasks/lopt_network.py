@@ -31,7 +31,7 @@ with `"steps"`, tanh(t / τ) for τ ∈ STEP_SCALES, which need no length (rando
 nominal schedule must then be "constant"). And two per-tensor features: whether the tensor is a matrix
 (ndim ≥ 2), and log(f)/log(1000).
 
-Every function here works on any pytree of float parameters of any shapes; `tasks.lopt_optax` wraps it as an
+Every function here works on any pytree of float parameters of any shapes; `unrolled_es_tasks.lopt_optax` wraps it as an
 optax.GradientTransformation.
 """
 import math
@@ -42,8 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.models import check_hidden, numpy_init
-from unrolled_es.haiku_layers import haiku_apply
+from unrolled_es_tasks.models import check_hidden, numpy_init
+from unrolled_es.layers.haiku import haiku_apply
 
 BETAS = (0.5, 0.9, 0.99, 0.999)
 NOMINAL_BETA = 0.9
@@ -77,7 +77,7 @@ class LoptState(NamedTuple):
 
 def check_spec(hidden=(8,), lr=0.02, step_range=math.log(10), direction_scale=1.0,
                time_features="fraction", schedule="cosine", fan_in_power=1.0) -> LoptSpec:
-  from unrolled_es.system import check_positive_float
+  from unrolled_es.core.system import check_positive_float
   if time_features not in TIME_FEATURES:
     raise ValueError(f"time_features must be one of {', '.join(TIME_FEATURES)}; got {time_features!r}")
   if schedule not in SCHEDULES:

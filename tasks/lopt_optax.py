@@ -1,13 +1,13 @@
 """A meta-trained learned optimizer as an `optax.GradientTransformation`, for any training loop.
 
-    opt = tasks.learned_optimizer.load("runs/lopt", num_steps=1000)    # the run's newest valid checkpoint
-    opt = tasks.learned_optimizer.as_optax(theta, num_steps=1000)      # or from a θ in hand
+    opt = unrolled_es_tasks.learned_optimizer.load("runs/lopt", num_steps=1000)    # the run's newest valid checkpoint
+    opt = unrolled_es_tasks.learned_optimizer.as_optax(theta, num_steps=1000)      # or from a θ in hand
     state = opt.init(params)
     updates, state = opt.update(grads, state, params)                  # params are required: p is a feature
     params = optax.apply_updates(params, updates)
 
 It works on any pytree of float parameters of any shapes (the network acts per element, its features are
-normalised per tensor; see `tasks.lopt_network`), and everything is jit-able. `num_steps` is the length of
+normalised per tensor; see `unrolled_es_tasks.lopt_network`), and everything is jit-able. `num_steps` is the length of
 the training run, which the optimizer's progress features need (time_features="fraction"); an optimizer
 meta-trained with time_features="steps" ignores it.
 """
@@ -17,13 +17,13 @@ import os
 import jax
 import optax
 
-from tasks import lopt_network
-from tasks.lopt_network import LoptSpec
+from unrolled_es_tasks import lopt_network
+from unrolled_es_tasks.lopt_network import LoptSpec
 
 
 def check_theta_matches(spec: LoptSpec, theta):
   """θ must have the structure and shapes of `spec`'s network."""
-  from unrolled_es.noise import PerturbedMatrix
+  from unrolled_es.noise.base import PerturbedMatrix
   want = jax.eval_shape(lambda: lopt_network.init_theta(spec))
   # under factored noise a weight arrives as a PerturbedMatrix: its W is what must fit
   theta = jax.tree_util.tree_map(lambda x: x.w if isinstance(x, PerturbedMatrix) else x, theta,
@@ -43,7 +43,7 @@ def as_optax(theta, num_steps=None, spec: LoptSpec | None = None) -> optax.Gradi
   """
   spec = LoptSpec() if spec is None else spec
   if not isinstance(spec, LoptSpec):
-    raise ValueError(f"spec must be a tasks.lopt_network.LoptSpec; got {spec!r}")
+    raise ValueError(f"spec must be a unrolled_es_tasks.lopt_network.LoptSpec; got {spec!r}")
   spec = lopt_network.check_spec(*spec)
   if spec.time_features == "fraction":
     if num_steps is None:
@@ -76,8 +76,8 @@ def load(run_dir: str, num_steps=None) -> optax.GradientTransformation:
 
 def load_theta(run_dir: str):
   """(θ, the task's LoptConfig) of a CLI run folder, from its newest valid checkpoint's θ."""
-  from tasks import learned_optimizer
-  from unrolled_es.checkpoint import restore_latest
+  from unrolled_es_tasks import learned_optimizer
+  from unrolled_es.training.checkpoint import restore_latest
 
   path = os.path.join(run_dir, "config.json")
   if not os.path.isfile(path):

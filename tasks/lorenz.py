@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.base import Task
-from unrolled_es.system import UnrolledSystem, check_int, check_positive_float, episode_losses
+from unrolled_es_tasks.base import Task
+from unrolled_es.core.system import UnrolledSystem, check_int, check_positive_float, episode_losses
 
 B = 8.0 / 3.0
 # The truth is stored as float32 logs and decoded like θ, so that θ = true_theta() reproduces the true

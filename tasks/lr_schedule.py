@@ -2,7 +2,7 @@
 
 After Vicol, Metz & Sohl-Dickstein, "Unbiased Gradient Estimation in Unrolled Computation Graphs with
 Persistent Evolution Strategies" (ICML 2021, §5.3, MNIST), here by default on the shipped 8×8 digits
-(`tasks.datasets.load_images`; `data_path` takes a user's MNIST / Fashion-MNIST .npz). θ = {log_lr0, log_decay},
+(`unrolled_es_tasks.datasets.load_images`; `data_path` takes a user's MNIST / Fashion-MNIST .npz). θ = {log_lr0, log_decay},
 
     lr_t = exp(log_lr0) / (1 + exp(log_decay)·t/T),
 
@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks.base import Task
-from tasks.datasets import load_images
-from unrolled_es.system import UnrolledSystem, check_int, run_episode
+from unrolled_es_tasks.base import Task
+from unrolled_es_tasks.datasets import load_images
+from unrolled_es.core.system import UnrolledSystem, check_int, run_episode
 
 OBJECTIVES = ("train", "valid")
 VALID_FRACTION = 0.2
@@ -49,7 +49,7 @@ def lr_schedule(horizon: int = 1000, batch_size: int = 128, hidden=(32,), meta_o
 
   horizon: T (>= 1). batch_size: examples per step (>= 1). hidden: hidden-layer widths (positive ints, may be
   empty for a linear model). meta_objective: "train" or "valid". data_path: None for the shipped digits, or an
-  .npz accepted by `tasks.datasets.load_images`.
+  .npz accepted by `unrolled_es_tasks.datasets.load_images`.
   evaluate(theta, key) -> {"meta_loss", "final_loss" (the last l_t), "test_loss", "test_accuracy" (the
   trained MLP on the whole test split), "lr0", "decay"}.
   """

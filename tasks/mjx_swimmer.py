@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.control_envs import ControlEnv
-from tasks.control_policies import ActionSpace
+from unrolled_es_tasks.control_envs import ControlEnv
+from unrolled_es_tasks.control_policies import ActionSpace
 
 FRAME_SKIP = 4
 CTRL_COST_WEIGHT = 1e-4

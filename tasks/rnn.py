@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import text
-from tasks.base import Task
-from tasks.models import cross_entropy, lstm_lm, numpy_init
-from unrolled_es.haiku_layers import haiku_apply
-from unrolled_es.system import UnrolledSystem, check_int, episode_keys, step_key
+from unrolled_es_tasks import text
+from unrolled_es_tasks.base import Task
+from unrolled_es_tasks.models import cross_entropy, lstm_lm, numpy_init
+from unrolled_es.layers.haiku import haiku_apply
+from unrolled_es.core.system import UnrolledSystem, check_int, episode_keys, step_key
 
 DATA = ("real", "random", "repeat")
 
@@ -33,7 +33,7 @@ class CopyState(NamedTuple):
 
 
 def _episode_metrics(init, step_full, horizon, theta, key):
-  """Scans one unperturbed episode with the same key schedule as `unrolled_es.system.episode_losses`."""
+  """Scans one unperturbed episode with the same key schedule as `unrolled_es.core.system.episode_losses`."""
   init_key, base = episode_keys(key)
 
   def body(state, t):
@@ -51,7 +51,7 @@ def _drop_extras(step_full):
 
 
 def rnn_char(horizon: int = 1000, hidden: int = 5, data: str = "real", seed: int = 0) -> Task:
-  """Character-level LSTM language model on CPython's bundled documentation text (`tasks.text`).
+  """Character-level LSTM language model on CPython's bundled documentation text (`unrolled_es_tasks.text`).
 
   The setting of the LSTM variance experiment of Vicol, Metz & Sohl-Dickstein, "Unbiased gradient estimation
   in unrolled computation graphs with persistent evolution strategies", ICML 2021: a tiny LSTM
@@ -60,7 +60,7 @@ def rnn_char(horizon: int = 1000, hidden: int = 5, data: str = "real", seed: int
   data: "real"   each episode reads a corpus segment whose start is drawn from the init key;
         "random" every target is a fresh uniform token drawn from the step key (the next step reads it);
         "repeat" every episode reads the same segment (its start fixed by `seed`).
-  seed: initialises θ0 (haiku's default initialisers, `tasks.models.numpy_init`) and places the "repeat" segment.
+  seed: initialises θ0 (haiku's default initialisers, `unrolled_es_tasks.models.numpy_init`) and places the "repeat" segment.
   Settings: σ = 1e-3, N = 1000, T = 1000 are the paper's (it sweeps K over 1, 2, 5, …, 1000; K = 10 here);
   the outer optimiser (Adam 1e-2, 1000 steps) is ours: the paper measured variance and did not train.
   evaluate -> meta_loss (nats per character), bits_per_char, accuracy (next-character argmax).

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.base import Task
-from unrolled_es.system import UnrolledSystem, check_int, run_episode
+from unrolled_es_tasks.base import Task
+from unrolled_es.core.system import UnrolledSystem, check_int, run_episode
 
 X0 = (1.0, 1.0)
 

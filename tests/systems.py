@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import unrolled_es as ue
-from unrolled_es.system import episode_losses
+from unrolled_es.core.system import episode_losses
 
 A = jnp.array([[0.8, 0.3, 0.0], [0.0, 0.7, 0.2], [0.1, 0.0, 0.6]])
 U = jnp.array([1.0, -0.5, 0.3])

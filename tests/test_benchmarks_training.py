@@ -4,7 +4,7 @@ import json
 import numpy as np
 
 from benchmarks import influence, meta_training
-from tasks.influence_balancing import influence_balancing_optimum
+from unrolled_es_tasks.influence_balancing import influence_balancing_optimum
 
 
 def test_influence_pes_and_es_single_find_the_optimum_truncation_does_not(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 
 import unrolled_es as ue
 from systems import THETA, assert_unbiased, distance_in_se, exact_window_gradients, linear_system, run_windows
-from unrolled_es.system import episode_losses
+from unrolled_es.core.system import episode_losses
 
 T, K, W = 12, 3, 4
 

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tasks.base import Task
-from unrolled_es import checkpoint as ckpt
-from unrolled_es import cli
-from unrolled_es.system import UnrolledSystem, evaluate
+from unrolled_es_tasks.base import Task
+from unrolled_es.training import checkpoint as ckpt
+from unrolled_es.cli import main as cli
+from unrolled_es.core.system import UnrolledSystem, evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

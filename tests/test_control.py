@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("gymnax")
 
-import tasks  # noqa: E402
+import unrolled_es_tasks as tasks  # noqa: E402
 import unrolled_es as ue  # noqa: E402
-from tasks import observation_norm  # noqa: E402
-from tasks.control import control  # noqa: E402
-from tasks.control_envs import ControlEnv, make_env  # noqa: E402
-from tasks.control_policies import ActionSpace, to_action  # noqa: E402
+from unrolled_es_tasks import observation_norm  # noqa: E402
+from unrolled_es_tasks.control import control  # noqa: E402
+from unrolled_es_tasks.control_envs import ControlEnv, make_env  # noqa: E402
+from unrolled_es_tasks.control_policies import ActionSpace, to_action  # noqa: E402
 
 GYMNAX_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0")
 TINY = dict(num_particles=2, sigma=0.1, truncation_length=2, stagger=False)
@@ -58,7 +58,7 @@ def test_every_estimator_runs_one_estimate(env_id):
 
 
 def _needs_mjx():
-  from tasks import mjx_swimmer
+  from unrolled_es_tasks import mjx_swimmer
   try:
     mjx_swimmer._import_mujoco()
   except ImportError as e:
@@ -351,8 +351,8 @@ def test_the_command_line_trains_cartpole_with_a_plot_and_resumes_exactly(tmp_pa
   """`unrolled-es train --task control --task-arg env=CartPole-v1 --estimator es_single` stopped after 3 steps and
   resumed to 6 writes the same records and final θ as an uninterrupted 6-step run, and draws its plot."""
   import json
-  from unrolled_es import checkpoint as ckpt
-  from unrolled_es import cli
+  from unrolled_es.training import checkpoint as ckpt
+  from unrolled_es.cli import main as cli
   args = ["train", "--task", "control", "--task-arg", "env=CartPole-v1", "--task-arg", "horizon=20",
           "--estimator", "es_single", "--particles", "4", "--truncation", "5", "--eval-every", "3",
           "--no-progress", "--no-report"]
@@ -394,8 +394,8 @@ def test_pendulum_ceiling_compare_scores_a_trained_run_on_the_held_out_episodes(
   pytest.importorskip("evosax")
   import json
   from benchmarks import pendulum_linear
-  from unrolled_es import cli
-  from unrolled_es.checkpoint import restore_latest
+  from unrolled_es.cli import main as cli
+  from unrolled_es.training.checkpoint import restore_latest
   run = tmp_path / "run"
   assert cli.main(["train", "--task", "control", "--task-arg", "env=Pendulum-v1", "--task-arg", "horizon=10",
                    "--estimator", "es_single", "--particles", "4", "--truncation", "5", "--steps", "2",

@@ -9,7 +9,9 @@ import pytest
 
 import unrolled_es as ue
 from systems import MATRIX_THETA, matrix_system
-from unrolled_es import engine, estimator, gradient
+from unrolled_es.core import engine
+from unrolled_es.core import estimator
+from unrolled_es.core import gradient
 
 
 @pytest.mark.parametrize("name,noise", [("es_single", ue.low_rank(2)), ("pes", ue.gaussian()),

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("evosax")
 
 from benchmarks.evosax_peer import evosax_estimator  # noqa: E402
-from unrolled_es.system import UnrolledSystem, episode_losses  # noqa: E402
+from unrolled_es.core.system import UnrolledSystem, episode_losses  # noqa: E402
 
 T, K, A = 20, 5, 0.9
 THETA = jnp.array([0.3, -0.2, 0.1])

@@ -7,9 +7,9 @@ import optax
 import pytest
 
 import unrolled_es as ue
-from tasks import char_lm, finetune, int_lm, text
-from tasks.finetune_reinforce import reinforce
-from unrolled_es.train import make_outer_step
+from unrolled_es_tasks import char_lm, finetune, int_lm, text
+from unrolled_es_tasks.finetune_reinforce import reinforce
+from unrolled_es.training.loop import make_outer_step
 
 KEY = jax.random.PRNGKey(0)
 

@@ -8,7 +8,7 @@ import pytest
 
 import unrolled_es as ue
 from systems import THETA, assert_unbiased, exact_window_gradients, linear_system, run_windows
-from unrolled_es.guided import guided_noise
+from unrolled_es.noise.guided import guided_noise
 
 
 def exact_gradient(system, theta):

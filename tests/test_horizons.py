@@ -7,7 +7,7 @@ import pytest
 
 import unrolled_es as ue
 from systems import THETA, linear_system
-from unrolled_es.system import episode_losses
+from unrolled_es.core.system import episode_losses
 
 SCHEDULE = ue.horizons.log_uniform(3, 9)   # lengths 3 … 8
 

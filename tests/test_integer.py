@@ -9,9 +9,11 @@ import optax
 import pytest
 
 import unrolled_es as ue
-from tasks import int_lm
-from unrolled_es import cli, integer_layers as il, integer_noise as inz
-from unrolled_es.system import UnrolledSystem
+from unrolled_es_tasks import int_lm
+from unrolled_es.cli import main as cli
+from unrolled_es.layers import integer as il
+from unrolled_es.population import integer_vote as inz
+from unrolled_es.core.system import UnrolledSystem
 
 
 
@@ -166,7 +168,7 @@ def test_the_command_line_trains_int_lm_and_resumes_exactly(tmp_path, capsys):
   assert cli.main(args + ["--steps", "2", "--out", resumed]) == 0
   assert cli.main(args + ["--steps", "3", "--out", resumed, "--resume"]) == 0
   assert cli.main(args + ["--steps", "3", "--out", straight]) == 0
-  from unrolled_es import checkpoint as ckpt
+  from unrolled_es.training import checkpoint as ckpt
   last = lambda run: dict(np.load(ckpt.list_checkpoints(os.path.join(run, "checkpoints"))[-1][1]))
   a, b = last(resumed), last(straight)
   assert sorted(a) == sorted(b)

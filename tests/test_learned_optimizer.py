@@ -10,9 +10,9 @@ import optax
 import pytest
 from scipy import stats
 
-from tasks import learned_optimizer as lo
-from tasks import lopt_eval, lopt_network, lopt_problems
-from tasks.lopt_network import LoptSpec
+from unrolled_es_tasks import learned_optimizer as lo
+from unrolled_es_tasks import lopt_eval, lopt_network, lopt_problems
+from unrolled_es_tasks.lopt_network import LoptSpec
 
 KEY = jax.random.PRNGKey(0)
 SPEC = LoptSpec()
@@ -158,7 +158,7 @@ def test_export_errors_name_the_argument():
 
 
 def test_load_restores_the_newest_valid_checkpoint(tmp_path, capsys):
-  from unrolled_es import cli
+  from unrolled_es.cli import main as cli
   out = str(tmp_path / "run")
   args = ["train", "--task", "learned_optimizer", "--estimator", "es_single", "--particles", "2", "--steps", "2",
           "--checkpoint-every", "1", "--truncation", "2", "--task-arg", "horizon=4", "--task-arg", "hidden=8",

@@ -75,7 +75,7 @@ def test_float32_theta_and_draws_are_float32_and_the_pes_sum_too():
 
 
 def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour():
-  from unrolled_es.precision import stochastic_round
+  from unrolled_es.noise.precision import stochastic_round
   x = jnp.full((200_000,), 0.7 + 1e-4, jnp.float32)
   bits = jax.random.bits(jax.random.PRNGKey(0), x.shape, jnp.uint32)
   for dtype in (jnp.bfloat16, jnp.float16):

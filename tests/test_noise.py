@@ -9,7 +9,7 @@ from scipy import stats
 import unrolled_es as ue
 from jax.extend.random import threefry_2x32
 
-from unrolled_es.prng import fold_in, random_bits, split, standard_normal
+from unrolled_es.core.prng import fold_in, random_bits, split, standard_normal
 from systems import MATRIX_THETA, matrix_system
 
 N = 1 << 20

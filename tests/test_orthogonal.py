@@ -7,7 +7,7 @@ import pytest
 import unrolled_es as ue
 from systems import MATRIX_THETA, THETA, assert_unbiased, exact_window_gradients, linear_system, matrix_system, \
     run_windows
-from unrolled_es.orthogonal import orthogonal, orthogonal_rows
+from unrolled_es.noise.orthogonal import orthogonal, orthogonal_rows
 
 
 def test_rows_are_orthogonal_in_blocks_and_marginally_standard_normal():

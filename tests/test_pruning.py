@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import unrolled_es as ue
-from unrolled_es import pruning
+from unrolled_es.population import pruning
 
 THETA0 = {"w1": jnp.arange(1.0, 13.0).reshape(3, 4) / 7, "b1": jnp.array([0.3, -0.2, 0.1, 0.5]),
           "w2": -jnp.arange(1.0, 9.0).reshape(4, 2) / 5}

@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tasks
-from tasks.influence_balancing import influence_balancing_optimum
-from tasks.lorenz import true_theta
-from tasks.toy_regression import meta_loss_grid
-from unrolled_es.system import check_step_contract, evaluate
+import unrolled_es_tasks as tasks
+from unrolled_es_tasks.influence_balancing import influence_balancing_optimum
+from unrolled_es_tasks.lorenz import true_theta
+from unrolled_es_tasks.toy_regression import meta_loss_grid
+from unrolled_es.core.system import check_step_contract, evaluate
 
 KEY = jax.random.PRNGKey(0)
 CLASSIC = ("influence_balancing", "toy_regression", "lorenz", "lr_schedule")

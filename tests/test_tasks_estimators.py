@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-import tasks
+import unrolled_es_tasks as tasks
 import unrolled_es as ue
 
 SMALL = {

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tasks
-from tasks import rnn, text
-from unrolled_es.system import check_step_contract, episode_losses
+import unrolled_es_tasks as tasks
+from unrolled_es_tasks import rnn, text
+from unrolled_es.core.system import check_step_contract, episode_losses
 
 KEY = jax.random.PRNGKey(0)
 

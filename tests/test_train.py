@@ -11,9 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from unrolled_es import checkpoint as ckpt
-from unrolled_es.system import UnrolledSystem
-from unrolled_es.train import load_metrics, train
+from unrolled_es.training import checkpoint as ckpt
+from unrolled_es.core.system import UnrolledSystem
+from unrolled_es.training.loop import load_metrics, train
 
 N, K, STEPS = 4, 3, 10
 
@@ -71,7 +71,7 @@ ESTIMATOR, OPTIMIZER = noisy_tbptt(SYSTEM), optax.adam(0.05)  # shared, so the j
 
 
 def evaluate(theta, key):
-  from unrolled_es.system import evaluate as ev
+  from unrolled_es.core.system import evaluate as ev
   return {"meta_loss": ev(SYSTEM, theta, key), "b": theta["b"]}
 
 

@@ -6,9 +6,9 @@ import numpy as np
 
 import unrolled_es as ue
 from systems import A, MATRIX_THETA, Y, assert_unbiased, exact_window_gradients, matrix_system, run_windows
-from unrolled_es import particles
+from unrolled_es.core import particles
 from unrolled_es.estimators.uoro import signs
-from unrolled_es.system import step_key
+from unrolled_es.core.system import step_key
 
 X = np.cos(np.arange(4.0) + 1.0)
 

@@ -4,33 +4,37 @@
     state = est.init(key, theta)
     grad, state, info = est.estimate(key, theta, state)   # grad feeds any optax optimizer
 """
-from unrolled_es import fitness, horizons, pruning, rules
-from unrolled_es.clipping import clip_gradient
-from unrolled_es.genetic import deep_ga
-from unrolled_es.snes import snes
-from unrolled_es.orthogonal import orthogonal
-from unrolled_es.hybrid import hybrid
-from unrolled_es.guided import guided
-from unrolled_es.engine import es_estimator
-from unrolled_es.estimator import GradientEstimator, particle_mesh
+from unrolled_es.options import fitness
+from unrolled_es.options import horizons
+from unrolled_es.population import pruning
+from unrolled_es.core import rules
+from unrolled_es.options.clipping import clip_gradient
+from unrolled_es.population.deep_ga import deep_ga
+from unrolled_es.population.snes import snes
+from unrolled_es.noise.orthogonal import orthogonal
+from unrolled_es.options.hybrid import hybrid
+from unrolled_es.noise.guided import guided
+from unrolled_es.core.engine import es_estimator
+from unrolled_es.core.estimator import GradientEstimator, particle_mesh
 from unrolled_es.estimators import (baseline_es, es_single, full_bptt, full_es, generalized_pes, make, nres, pes,
                                     register, registered, truncated_bptt, truncated_es, uoro)
-from unrolled_es.equinox_layers import equinox_model
-from unrolled_es.flax_layers import flax_apply
-from unrolled_es.nnx_layers import nnx_model
-from unrolled_es.haiku_layers import haiku_apply
-from unrolled_es.layers import linear, materialize
-from unrolled_es.multi_task import multi_task
-from unrolled_es.noise import Noise, PerturbedMatrix, gaussian, low_rank
-from unrolled_es.rules import Rule
-from unrolled_es.system import UnrolledSystem, evaluate
+from unrolled_es.layers.equinox import equinox_model
+from unrolled_es.layers.flax import flax_apply
+from unrolled_es.layers.nnx import nnx_model
+from unrolled_es.layers.haiku import haiku_apply
+from unrolled_es.layers.plain import linear, materialize
+from unrolled_es.options.multi_task import multi_task
+from unrolled_es.noise.base import Noise, PerturbedMatrix, gaussian, low_rank
+from unrolled_es.core.rules import Rule
+from unrolled_es.core.system import UnrolledSystem, evaluate
 
 ESTIMATORS = tuple(registered())  # the names at import; `registered()` also lists estimators registered later
 
 # Integer low-rank ES trains int8 θ, which no float estimator takes: it registers "int_es" after ESTIMATORS (the
 # estimators of float θ, which sweeps over estimators run on any float task) is taken.
-from unrolled_es import integer, integer_layers  # noqa: E402
-from unrolled_es.integer import int_es, saturating_steps  # noqa: E402
+from unrolled_es.population import int_es as integer
+from unrolled_es.layers import integer as integer_layers  # noqa: E402
+from unrolled_es.population.int_es import int_es, saturating_steps  # noqa: E402
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
            "linear", "materialize", "haiku_apply", "flax_apply", "nnx_model", "equinox_model", "particle_mesh", "make",

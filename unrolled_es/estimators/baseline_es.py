@@ -13,9 +13,9 @@ the unperturbed member's losses are the actual loss along the particle's traject
 for smooth losses at the same cost (two members per particle).
 """
 
-from unrolled_es import rules
-from unrolled_es.engine import es_estimator
-from unrolled_es.estimator import GradientEstimator
+from unrolled_es.core import rules
+from unrolled_es.core.engine import es_estimator
+from unrolled_es.core.estimator import GradientEstimator
 from unrolled_es.estimators.registry import register
 
 # The draw weights L(θ + σε) − L(θ); it changes only when an episode starts.

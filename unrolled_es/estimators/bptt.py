@@ -6,8 +6,8 @@ init(key, θ), which is differentiated through. full_bptt: ∇θ of the mean los
 it does not explode). Both average over `num_particles` independent inner problems and leave out particles
 whose losses or gradients are not finite.
 """
-from unrolled_es.engine import autodiff_estimator
-from unrolled_es.estimator import GradientEstimator
+from unrolled_es.core.engine import autodiff_estimator
+from unrolled_es.core.estimator import GradientEstimator
 from unrolled_es.estimators.registry import register
 
 

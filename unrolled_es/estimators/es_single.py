@@ -10,9 +10,9 @@ Unbiased for the gradient of the window's loss through the whole episode, with v
 windows unrolled (Li et al. show it is no larger than PES's or full ES's under their assumptions). It stores
 only a key per particle: the noise is regenerated each window.
 """
-from unrolled_es import rules
-from unrolled_es.engine import es_estimator
-from unrolled_es.estimator import GradientEstimator
+from unrolled_es.core import rules
+from unrolled_es.core.engine import es_estimator
+from unrolled_es.core.estimator import GradientEstimator
 from unrolled_es.estimators.registry import register
 
 # The draw weights the losses; it changes only when an episode starts.

@@ -4,9 +4,9 @@
 
 unbiased for the gradient of the Gaussian-smoothed episode loss, at T inner steps of latency per estimate.
 """
-from unrolled_es import rules
-from unrolled_es.engine import es_estimator
-from unrolled_es.estimator import GradientEstimator
+from unrolled_es.core import rules
+from unrolled_es.core.engine import es_estimator
+from unrolled_es.core.estimator import GradientEstimator
 from unrolled_es.estimators.registry import register
 
 # One draw per episode weights its losses, and every call is a whole new episode.

@@ -9,11 +9,11 @@ unbiased for the gradient of the window's mean loss through the whole episode so
 grows with the number of windows unrolled); k ≥ T never redraws within an episode and is ES-Single/NRES.
 A reset inside a window weights the losses after it by the new draw only, and ξ restarts from that draw.
 """
-from unrolled_es import rules
-from unrolled_es.engine import es_estimator
-from unrolled_es.estimator import GradientEstimator
+from unrolled_es.core import rules
+from unrolled_es.core.engine import es_estimator
+from unrolled_es.core.estimator import GradientEstimator
 from unrolled_es.estimators.registry import register
-from unrolled_es.system import check_int, check_system
+from unrolled_es.core.system import check_int, check_system
 
 
 def rule(windows_per_draw: int | None) -> rules.Rule:

@@ -6,9 +6,9 @@ Each window draws a fresh ε_i; both members start from the same inner state (th
 
 ignores θ's influence on the window's starting state, so it is biased whenever the system has memory.
 """
-from unrolled_es import rules
-from unrolled_es.engine import es_estimator
-from unrolled_es.estimator import GradientEstimator
+from unrolled_es.core import rules
+from unrolled_es.core.engine import es_estimator
+from unrolled_es.core.estimator import GradientEstimator
 from unrolled_es.estimators.registry import register
 
 # A fresh draw weights each window, and every member starts the window from the first member's state.

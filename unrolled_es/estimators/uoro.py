@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unrolled_es import gradient, particles
-from unrolled_es.engine import Outcome, _info, burn_in
-from unrolled_es.estimator import GradientEstimator, checked_call, settings as make_settings
+from unrolled_es.core import gradient
+from unrolled_es.core import particles
+from unrolled_es.core.engine import Outcome, _info, burn_in
+from unrolled_es.core.estimator import GradientEstimator, checked_call, settings as make_settings
 from unrolled_es.estimators.registry import register
-from unrolled_es.rules import never
-from unrolled_es.system import step_key
+from unrolled_es.core.rules import never
+from unrolled_es.core.system import step_key
 
 _NU = 0x0B0E   # folded into a step's key for its random signs ν
 _EPS = 1e-7
