@@ -10,7 +10,7 @@ noise_reuse_es}.py, evosax 0.3.2):
   updates to the mean (optax.sgd(lr) moves the mean by -lr·g: descent).
 * Antithetic layout: popsize must be even; rows [0, M/2) are +ε, rows [M/2, M) are their negatives, so
   member i pairs with member i + M/2. With P = M/2 pairs, g = 1/(2Pσ²) Σ_i ε_i (f⁺_i - f⁻_i): exactly the
-  antithetic estimate of unrolled_es.core.rules (ANTITHETIC) with N = P. Here `num_particles` is P, and evosax's
+  antithetic estimate of unrolled_es.rules (ANTITHETIC) with N = P. Here `num_particles` is P, and evosax's
   popsize is 2P.
 * σ: `pert = std · z` with std = std_schedule(generation); we pass a constant schedule, so no decay.
   Fitness shaping must be the identity (its default) for a gradient estimate; we pass it explicitly.

@@ -6,7 +6,7 @@ ones than magnitude pruning? (Lange & Sprekeler, "Lottery tickets in evolutionar
 Tasks: an MLP classifier (64-32-10, tanh) on the shipped 8×8 digits (default), or with `--preset cartpole` an MLP
 policy (4-16-16-2, tanh) on gymnax's CartPole-v1 (needs the rl extra; score: mean return of 16 episodes, gradient
 descent not applicable). The supervised task: weights θ trained directly by SNES
-(unrolled_es.population.snes: separable NES, per-coordinate σ adapted) on the minibatch cross-entropy (a one-step unrolled
+(unrolled_es.snes: separable NES, per-coordinate σ adapted) on the minibatch cross-entropy (a one-step unrolled
 system; the minibatch is drawn from the step key). For each criterion (SNR |μ|/σ, magnitude, random) and seed, the
 iterative protocol of unrolled_es.population.pruning.lottery: train, prune 20% of the remaining weights (biases never), rewind
 the survivors to the initialisation, repeat, from dense to ≥ 95% sparse. Reported: test accuracy against sparsity,

@@ -22,7 +22,7 @@ class Task(NamedTuple):
              update (e.g. the control task merging the observation statistics its particles gathered).
   extra_systems: (system, weight) pairs of further inner problems that share θ but not `system`'s shapes (e.g.
              other widths of the network a learned optimizer trains); the command line builds one estimator per
-             system and combines them with `unrolled_es.options.multi_task` (`system` has weight 1).
+             system and combines them with `unrolled_es.multi_task` (`system` has weight 1).
   """
   name: str
   system: UnrolledSystem

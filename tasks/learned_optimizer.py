@@ -72,7 +72,7 @@ def system(config: LoptConfig, family: Family | None = None) -> UnrolledSystem:
 
 
 def systems_by_width(config: LoptConfig, widths) -> list:
-  """One system per MLP width (shape-changing family members), to combine with `unrolled_es.options.multi_task`:
+  """One system per MLP width (shape-changing family members), to combine with `unrolled_es.multi_task`:
 
       est = ue.multi_task([ue.es_single(s, ...) for s in systems_by_width(config, [(16, 16), (32, 32)])])
   """
@@ -91,7 +91,7 @@ def learned_optimizer(horizon: int = 200, hidden=(32, 32), activation: str = "ge
   outer learning rate (1e-3, NRES 3e-4) and the steps are ours, sized for a CPU. evaluate -> meta_loss (the
   system's mean loss over one episode), final_train_loss (the last 10% of steps, / log C), test_loss (/ log C)
   and test_accuracy of the final classifier. extra_widths: further MLP widths meta-trained in the same outer
-  step (`Task.extra_systems`, combined by `unrolled_es.options.multi_task` on the command line); the report then calls
+  step (`Task.extra_systems`, combined by `unrolled_es.multi_task` on the command line); the report then calls
   them meta-trained, not held out.
   """
   config = make_config(horizon, hidden, activation, batch_size, data_path, datasets, vary, meta_loss, lopt_hidden,

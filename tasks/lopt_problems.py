@@ -10,7 +10,7 @@ stability, architecture, and compute: training more effective learned optimizers
   * the batch size, uniformly among (B/4, B/2, B) by masking examples of a batch of B;
   * the initialisation scale, log-uniform in [0.5, 2] times LeCun-normal.
 
-Shape-changing choices (widths, depth) are separate families, combined by `unrolled_es.options.multi_task`.
+Shape-changing choices (widths, depth) are separate families, combined by `unrolled_es.multi_task`.
 
 Every loss is divided by log C (C: the episode's number of classes), so that a fresh classifier scores about
 1 on every problem and no problem dominates the meta-loss; the meta-training loss is moreover clipped to

@@ -276,13 +276,13 @@ def _build_estimator(cfg, task, ctor):
 
 def _on_every_system(ctor, task, kw):
   """The estimator on the task's system, or, when the task has further systems of other shapes, one estimator
-  per system combined by unrolled_es.options.multi_task."""
+  per system combined by unrolled_es.multi_task."""
   extra = tuple(getattr(task, "extra_systems", ()) or ())
   if not extra:
     return ctor(task.system, **kw)
   import unrolled_es
   systems, weights = [task.system] + [s for s, _ in extra], [1.0] + [float(w) for _, w in extra]
-  return unrolled_es.options.multi_task([ctor(system, **kw) for system in systems], weights=weights)
+  return unrolled_es.multi_task([ctor(system, **kw) for system in systems], weights=weights)
 
 
 def _robustness_options(cfg, params):
@@ -294,18 +294,18 @@ def _robustness_options(cfg, params):
       raise UsageError(f"estimator {cfg['estimator']!r} runs whole episodes, so --horizons does not apply")
     kind, *values = cfg["horizons"].split(":")
     try:
-      out["horizons"] = getattr(unrolled_es.options.horizons, kind)(*map(int, values))
+      out["horizons"] = getattr(unrolled_es.horizons, kind)(*map(int, values))
     except ValueError as e:
       raise UsageError(f"--horizons {cfg['horizons']}: {e}") from None
   transforms = []
   if cfg.get("clip_differences") is not None:
-    transforms.append(unrolled_es.options.fitness.clipped(cfg["clip_differences"]))
+    transforms.append(unrolled_es.fitness.clipped(cfg["clip_differences"]))
   if cfg.get("shaping") is not None:
-    transforms.append(getattr(unrolled_es.options.fitness, cfg["shaping"])())
+    transforms.append(getattr(unrolled_es.fitness, cfg["shaping"])())
   if transforms:
     if "fitness" not in params:
       raise UsageError(f"estimator {cfg['estimator']!r} has no loss differences to shape or clip")
-    out["fitness"] = transforms[0] if len(transforms) == 1 else unrolled_es.options.fitness.chain(*transforms)
+    out["fitness"] = transforms[0] if len(transforms) == 1 else unrolled_es.fitness.chain(*transforms)
   return out
 
 

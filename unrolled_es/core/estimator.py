@@ -37,8 +37,8 @@ class Settings(NamedTuple):
   stagger: bool = False
   mesh: Any = None               # jax.sharding.Mesh with a "particles" axis: particles split over its devices
   mask: Any = None               # θ-shaped pytree of bools, or None
-  horizons: Any = None           # a schedule of per-episode lengths (unrolled_es.options.horizons), or None: the system's T
-  fitness: Any = None            # a transform of the loss differences (unrolled_es.options.fitness), or None: raw
+  horizons: Any = None           # a schedule of per-episode lengths (unrolled_es.horizons), or None: the system's T
+  fitness: Any = None            # a transform of the loss differences (unrolled_es.fitness), or None: raw
   diagnostics: bool = False      # report the estimate's variance from its particles in info
 
   def episode_length(self, system) -> int | None:

@@ -77,7 +77,7 @@ def chain(*transforms: Fitness) -> Fitness:
   """The transforms applied in order; their info entries merged."""
   for t in transforms:
     if not isinstance(t, Fitness):
-      raise ValueError(f"chain takes unrolled_es.options.fitness transforms; got {t!r}")
+      raise ValueError(f"chain takes unrolled_es.fitness transforms; got {t!r}")
 
   def transform(diffs, valid):
     info = {}
@@ -90,6 +90,6 @@ def chain(*transforms: Fitness) -> Fitness:
 
 def check(fitness):
   if fitness is not None and not isinstance(fitness, Fitness):
-    raise ValueError(f"fitness must be None (the raw loss differences, unbiased) or an unrolled_es.options.fitness "
+    raise ValueError(f"fitness must be None (the raw loss differences, unbiased) or an unrolled_es.fitness "
                      f"transform (clipped, centered_ranks, z_scores, chain); got {fitness!r}")
   return fitness

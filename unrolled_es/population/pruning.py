@@ -8,7 +8,7 @@ initialisation, or an early iterate) and zero the pruned ones; repeat. After k r
 
   magnitude   |θ_i| of the trained weights (the classic ticket);
   snr         |μ_i|/σ_i, the trained mean over the search distribution's per-coordinate scale (needs a trainer
-              that adapts σ, e.g. unrolled_es.population.snes): the paper's signal-to-noise rule, which finds sparser tickets
+              that adapts σ, e.g. unrolled_es.snes): the paper's signal-to-noise rule, which finds sparser tickets
               than magnitude;
   random      a uniformly random order (the control).
 
@@ -96,7 +96,7 @@ def lottery(train: Callable, rewind_to, *, criterion: str, rounds: int, fraction
   """`rounds` + 1 trainings of the iterative-pruning protocol (the first dense).
 
   train(start θ, mask) -> (trained θ, per-coordinate σ or None, score): any trainer that keeps masked weights at
-  zero (e.g. an ES estimator with mask=, or unrolled_es.population.snes with mask=). rewind_to: the θ survivors return to.
+  zero (e.g. an ES estimator with mask=, or unrolled_es.snes with mask=). rewind_to: the θ survivors return to.
   """
   prunable = default_prunable(rewind_to) if prunable is None else prunable
   mask = jax.tree_util.tree_map(lambda x: np.ones(np.shape(x), bool), rewind_to)
