@@ -27,6 +27,7 @@ from unrolled_es.options.multi_task import multi_task
 from unrolled_es.noise.base import Noise, PerturbedMatrix, gaussian, low_rank
 from unrolled_es.core.rules import Rule
 from unrolled_es.core.system import UnrolledSystem, evaluate
+from unrolled_es.training.loop import TrainResult, load_metrics, train
 
 ESTIMATORS = tuple(registered())  # the names at import; `registered()` also lists estimators registered later
 
@@ -40,4 +41,4 @@ __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian
            "linear", "materialize", "haiku_apply", "flax_apply", "nnx_model", "equinox_model", "particle_mesh", "make",
            "multi_task", "Rule", "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "orthogonal", "hybrid", "guided",
            "pruning", "es_estimator", "register", "registered", *ESTIMATORS, "ESTIMATORS", "integer", "integer_layers",
-           "int_es", "saturating_steps"]
+           "int_es", "saturating_steps", "train", "TrainResult", "load_metrics"]
