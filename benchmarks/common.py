@@ -42,3 +42,33 @@ def median_time(fn, *args, repeats=5):
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
   return float(np.median(times))
+
+
+def paired_rounds(fns, rounds: int, warmup: int = 1):
+  """Per-name lists of seconds: every function of `fns` (name -> zero-argument callable returning arrays) called
+  once per round, in turn, after `warmup` untimed calls each. Functions timed within one round see the same
+  machine load, so per-round ratios between them are fairer than ratios of separate medians on a shared machine."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def median_ratio(times, numerator: str, denominator: str) -> float:
+  """The median over rounds of times[numerator][i] / times[denominator][i] (see `paired_rounds`)."""
+  return float(np.median(np.asarray(times[numerator]) / np.asarray(times[denominator])))
+
+
+def write_json_atomic(result, path):
+  """Writes `result` as JSON to `path` by a rename, so a reader (or a run killed mid-write) never sees half a file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(result, f, indent=1)
+  os.replace(tmp, path)
