@@ -2,11 +2,14 @@
 order, in one namespace per page (as a reader would paste them), from an empty working folder. A block right after
 an `<!-- no-run ... -->` comment is shown, not run (it needs several processes or the reader's own system).
 Also: mkdocs.yml's navigation lists exactly the pages there are, and every relative link and image resolves."""
+import inspect
 import os
 import re
 import sys
 
 import pytest
+
+import unrolled_es as ue
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DOCS = os.path.join(ROOT, "docs")
@@ -23,7 +26,7 @@ def python_blocks(page):
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)])
 def test_page_examples_run(page, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
-  monkeypatch.syspath_prepend(ROOT)   # `import tasks` from a clone, as the pages' readers do
+  monkeypatch.syspath_prepend(ROOT)   # `import benchmarks` from a clone, as the pages' readers do
   scope = {"__name__": f"docs.{page[:-3]}"}
   for i, code in enumerate(python_blocks(page)):
     exec(compile(code, f"{page} block {i + 1}", "exec"), scope)
@@ -60,3 +63,16 @@ def test_every_python_block_is_run_or_marked():
   for page in PAGES:
     text = open(os.path.join(DOCS, page)).read()
     assert text.count("```python") == len(BLOCK.findall(text)), page
+
+
+LIBRARY_ESTIMATORS = sorted({name for name, ctor in ue.registered().items()
+                             if ctor.__module__.startswith("unrolled_es.estimators.")})
+
+
+@pytest.mark.parametrize("name", LIBRARY_ESTIMATORS)
+def test_every_estimator_documents_each_parameter(name):
+  """The API page shows the constructors' docstrings: each parameter gets a `name:` line there."""
+  ctor = ue.registered()[name]
+  doc = inspect.getdoc(ctor) or ""
+  missing = [p for p in inspect.signature(ctor).parameters if not re.search(rf"^{p}:", doc, re.M)]
+  assert not missing, f"{name}'s docstring does not describe {missing}"

@@ -25,7 +25,32 @@ RULE = rules.Rule(redraw=rules.never, weighting=rules.CURRENT_DRAW, pairing=rule
 @register("baseline_es")
 def baseline_es(system, *, num_particles, sigma, truncation_length, stagger=True, noise=None, mask=None,
                 mesh=None, horizons=None, fitness=None, diagnostics=False) -> GradientEstimator:
-  """ES-Single with the particle's unperturbed run as baseline (one-sided; reports the unperturbed loss)."""
+  """ES-Single with the particle's unperturbed run as baseline (one-sided; reports the unperturbed loss).
+
+  system:             the UnrolledSystem(init, step, horizon) whose unroll the estimate goes through.
+  num_particles:      N ≥ 1 particles, each running two members, θ+σε and θ: an estimate runs 2N unrolls.
+  sigma:              σ > 0, finite: the perturbation's standard deviation per coordinate.
+  truncation_length:  K in [1, T]: the inner steps every particle advances per estimate.
+  stagger:            True (default): `init` spreads the particles evenly over the horizon, so their
+                      estimates are not correlated in time; False: every particle starts at step 0.
+  noise:              ue.gaussian() (None, the default), ue.gaussian(scale=...) or ue.low_rank(r), either
+                      with factored=True, or ue.orthogonal(...) of one.
+  mask:               θ-shaped pytree of bools, or None: coordinates outside it are not perturbed and get a
+                      zero gradient.
+  mesh:               a jax.sharding.Mesh with a "particles" axis (ue.particle_mesh()): particles split over
+                      its devices, N a multiple of their number; None: one device.
+  horizons:           a schedule of per-episode lengths (ue.horizons.constant(T), log_uniform(low, high)),
+                      drawn at each reset, each step weighted by E[T]/T; None: every episode has the system's T.
+  fitness:            a transform of the loss differences (ue.fitness.clipped(c), centered_ranks(),
+                      z_scores(), chain(...)); None (default): the raw differences, unbiased.
+  diagnostics:        True: info also holds variance_ratio, effective_particles and gradient_variance,
+                      the estimate's spread over its particles.
+
+  There is no antithetic: the pairing is the particle's own unperturbed run. info["unperturbed_loss"] holds
+  that run's window loss per particle.
+
+  Returns GradientEstimator(init, estimate): state = init(key, θ); grad, state, info = estimate(key, θ, state).
+  """
   est = es_estimator(system, RULE, num_particles=num_particles, sigma=sigma, truncation_length=truncation_length,
                      stagger=stagger, noise=noise, mask=mask, mesh=mesh, horizons=horizons, fitness=fitness,
                      diagnostics=diagnostics)

@@ -40,7 +40,31 @@ def generalized_pes(system, *, num_particles, sigma, truncation_length, resample
                     fitness=None, diagnostics=False) -> GradientEstimator:
   """GPES-k: noise redrawn every `resample_every` inner steps (None: once per episode) and accumulated.
 
-  resample_every: a multiple of truncation_length, or ≥ horizon (then the same as None: ES-Single).
+  system:             the UnrolledSystem(init, step, horizon) whose unroll the estimate goes through.
+  num_particles:      N ≥ 1. With antithetic=True each particle is a pair (θ+σε and θ−σε on the same step
+                      keys), so an estimate runs 2N unrolls; with antithetic=False, N unrolls.
+  sigma:              σ > 0, finite: the perturbation's standard deviation per coordinate.
+  truncation_length:  K in [1, T]: the inner steps every particle advances per estimate.
+  resample_every:     k, a multiple of truncation_length (k = K is PES), or ≥ horizon, or None (once per
+                      episode: ES-Single).
+  antithetic:         True (default): antithetic pairs; False: one member per particle, each against the
+                      mean loss of the other particles at the same step.
+  stagger:            True (default): `init` spreads the particles evenly over the horizon, so their
+                      estimates are not correlated in time; False: every particle starts at step 0.
+  noise:              ue.gaussian() (None, the default), ue.gaussian(scale=...) or ue.low_rank(r), either
+                      with factored=True, or ue.orthogonal(...) of one.
+  mask:               θ-shaped pytree of bools, or None: coordinates outside it are not perturbed and get a
+                      zero gradient.
+  mesh:               a jax.sharding.Mesh with a "particles" axis (ue.particle_mesh()): particles split over
+                      its devices, N a multiple of their number; None: one device.
+  horizons:           a schedule of per-episode lengths (ue.horizons.constant(T), log_uniform(low, high)),
+                      drawn at each reset, each step weighted by E[T]/T; None: every episode has the system's T.
+  fitness:            a transform of the loss differences (ue.fitness.clipped(c), centered_ranks(),
+                      z_scores(), chain(...)); None (default): the raw differences, unbiased.
+  diagnostics:        True: info also holds variance_ratio, effective_particles and gradient_variance,
+                      the estimate's spread over its particles.
+
+  Returns GradientEstimator(init, estimate): state = init(key, θ); grad, state, info = estimate(key, θ, state).
   """
   check_system(system)
   k = check_int("truncation_length", truncation_length, 1, system.horizon)
@@ -53,7 +77,32 @@ def generalized_pes(system, *, num_particles, sigma, truncation_length, resample
 @register("pes")
 def pes(system, *, num_particles, sigma, truncation_length, antithetic=True, stagger=True, noise=None,
         mask=None, mesh=None, horizons=None, fitness=None, diagnostics=False) -> GradientEstimator:
-  """PES: a fresh draw every window, weighted by the running sum of the episode's draws."""
+  """PES: a fresh draw every window, weighted by the running sum of the episode's draws.
+
+  system:             the UnrolledSystem(init, step, horizon) whose unroll the estimate goes through.
+  num_particles:      N ≥ 1. With antithetic=True each particle is a pair (θ+σε and θ−σε on the same step
+                      keys), so an estimate runs 2N unrolls; with antithetic=False, N unrolls.
+  sigma:              σ > 0, finite: the perturbation's standard deviation per coordinate.
+  truncation_length:  K in [1, T]: the inner steps every particle advances per estimate.
+  antithetic:         True (default): antithetic pairs; False: one member per particle, each against the
+                      mean loss of the other particles at the same step.
+  stagger:            True (default): `init` spreads the particles evenly over the horizon, so their
+                      estimates are not correlated in time; False: every particle starts at step 0.
+  noise:              ue.gaussian() (None, the default), ue.gaussian(scale=...) or ue.low_rank(r), either
+                      with factored=True, or ue.orthogonal(...) of one.
+  mask:               θ-shaped pytree of bools, or None: coordinates outside it are not perturbed and get a
+                      zero gradient.
+  mesh:               a jax.sharding.Mesh with a "particles" axis (ue.particle_mesh()): particles split over
+                      its devices, N a multiple of their number; None: one device.
+  horizons:           a schedule of per-episode lengths (ue.horizons.constant(T), log_uniform(low, high)),
+                      drawn at each reset, each step weighted by E[T]/T; None: every episode has the system's T.
+  fitness:            a transform of the loss differences (ue.fitness.clipped(c), centered_ranks(),
+                      z_scores(), chain(...)); None (default): the raw differences, unbiased.
+  diagnostics:        True: info also holds variance_ratio, effective_particles and gradient_variance,
+                      the estimate's spread over its particles.
+
+  Returns GradientEstimator(init, estimate): state = init(key, θ); grad, state, info = estimate(key, θ, state).
+  """
   return generalized_pes(system, num_particles=num_particles, sigma=sigma, truncation_length=truncation_length,
                          resample_every=truncation_length, antithetic=antithetic, stagger=stagger, noise=noise,
                          mask=mask, mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics)

@@ -126,7 +126,21 @@ def _window(system, s, theta, p, key, active=None):
 
 @register("uoro")
 def uoro(system, *, truncation_length, num_particles=1, stagger=True, mask=None, mesh=None) -> GradientEstimator:
-  """UORO (Tallec & Ollivier 2018): forward-mode rank-one tracking of ∂s/∂θ (unbiased; differentiable steps)."""
+  """UORO (Tallec & Ollivier 2018): forward-mode rank-one tracking of ∂s/∂θ (unbiased; differentiable steps).
+
+  system:             the UnrolledSystem(init, step, horizon) whose unroll the estimate goes through.
+  truncation_length:  K in [1, T]: the inner steps every particle advances per estimate.
+  num_particles:      N ≥ 1 independent particles averaged (default 1), each with its own trace s̃ θ̃ᵀ.
+  stagger:            True (default): `init` spreads the particles evenly over the horizon, so their
+                      estimates are not correlated in time; False: every particle starts at step 0.
+  mask:               θ-shaped pytree of bools, or None: coordinates outside it get a zero gradient.
+  mesh:               a jax.sharding.Mesh with a "particles" axis (ue.particle_mesh()): particles split over
+                      its devices, N a multiple of their number; None: one device.
+
+  The step must be differentiable in the state and θ; θ's influence through init is not carried.
+
+  Returns GradientEstimator(init, estimate): state = init(key, θ); grad, state, info = estimate(key, θ, state).
+  """
   s = make_settings(system, members=1, num_particles=num_particles, truncation_length=truncation_length,
                     stagger=stagger, mask=mask, mesh=mesh)
 
