@@ -146,23 +146,24 @@ def ga_method(task, cfg, key, budget, num_evals, log, cache):
     t0 = time.perf_counter()
     ga = ue.deep_ga(task.system, population=population, parents=max(2, population // 10), sigma=cfg["sigma"],
                     elite_candidates=5, elite_episodes=3, max_generations=generations + 1, mask=task.mask)
-    init, update = jax.jit(ga.init), jax.jit(ga.update)
+    init, step = jax.jit(ga.init), jax.jit(ga.step)
     state = init(key, task.theta0)
-    jax.block_until_ready(update(key, state))
-    cache.update(compiled=(ga, init, update), compile_seconds=time.perf_counter() - t0)
-  ga, init, update = cache["compiled"]
+    jax.block_until_ready(step(key, task.theta0, state))
+    cache.update(compiled=(init, step), compile_seconds=time.perf_counter() - t0)
+  init, step = cache["compiled"]
   t0 = time.perf_counter()
-  state = jax.block_until_ready(init(key, task.theta0))
+  theta = task.theta0
+  state = jax.block_until_ready(init(key, theta))
   wall, env_steps = time.perf_counter() - t0, 0
-  log(env_steps, wall, task.theta0)
+  log(env_steps, wall, theta)
   every = max(1, generations // num_evals)
   for g in range(generations):
     t0 = time.perf_counter()
-    state, info = jax.block_until_ready(update(jax.random.fold_in(key, g), state))
+    theta, state, info = jax.block_until_ready(step(jax.random.fold_in(key, g), theta, state))
     wall += time.perf_counter() - t0
     env_steps += int(info["inner_steps"])
     if (g + 1) % every == 0 or g + 1 == generations:
-      log(env_steps, wall, ga.decode(state, 0))
+      log(env_steps, wall, theta)
   genome_bytes = state.genomes[0].nbytes + state.length[0].nbytes
   theta_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(task.theta0))
   return {"updates": generations, "inner_steps_per_update": int(info["inner_steps"]),

@@ -67,7 +67,8 @@ def _run_es(task, estimator, opt, cfg):
 
 def run_int_es(cfg):
   task = int_lm.int_lm(horizon=cfg["horizon"], hidden=cfg["hidden"])
-  es = ue.int_es(task.system, num_particles=cfg["particles"], fitness="difference", decay_steps=cfg["decay_steps"])
+  es = ue.make("int_es", task.system, num_particles=cfg["particles"], fitness="difference",
+               decay_steps=cfg["decay_steps"])   # the GradientEstimator form, applied by saturating_steps(1)
   return _run_es(task, es, ue.saturating_steps(1), cfg)
 
 
@@ -121,7 +122,7 @@ def throughput(cfg, widths=(64, 256)):
          "forward": {str(w): _forward_rates(w, horizon) for w in widths}}
   int_task = int_lm.int_lm(horizon=horizon, hidden=hidden)
   float_task = int_lm.int_lm(horizon=horizon, hidden=hidden, model="float")
-  int_es = ue.int_es(int_task.system, num_particles=n, fitness="difference")
+  int_es = ue.make("int_es", int_task.system, num_particles=n, fitness="difference")
   float_es = ue.es_single(float_task.system, num_particles=n, sigma=0.02, truncation_length=horizon,
                           noise=ue.low_rank(1, factored=True), fitness=ue.fitness.z_scores())
   for name, est, theta in (("es_step_int8", int_es, int_task.theta0),

@@ -82,10 +82,11 @@ def snes_trainer(system, spec, accuracy, seed):
   """train(start, mask) -> (μ, σ, test accuracy) by SNES for `generations` generations."""
   def train(start, mask):
     es = ue.snes(system, population=spec["population"], sigma=spec["sigma"], mask=mask)
-    run = jax.jit(lambda state, keys: jax.lax.scan(lambda s, k: es.update(k, s), state, keys))
+    generation = lambda carry, k: es.step(k, *carry)[:2]
+    run = jax.jit(lambda theta, state, keys: jax.lax.scan(generation, (theta, state), keys)[0])
     keys = jax.random.split(jax.random.PRNGKey(1000 + seed), spec["generations"])
-    state, _ = run(es.init(start), keys)
-    return state.mean, es.sigma(state), float(accuracy(state.mean))
+    mean, state = run(start, es.init(jax.random.PRNGKey(seed), start), keys)
+    return mean, state.sigma, float(accuracy(mean))
   return train
 
 

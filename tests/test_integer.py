@@ -10,7 +10,7 @@ import pytest
 
 import unrolled_es as ue
 from unrolled_es_tasks import int_lm
-from unrolled_es.cli import main as cli
+from unrolled_es import cli
 from unrolled_es.layers import integer as il
 from unrolled_es.population import integer_vote as inz
 from unrolled_es.core.system import UnrolledSystem
@@ -97,11 +97,11 @@ def test_update_moves_each_weight_by_at_most_one_step_and_stays_in_range():
   theta = jax.tree_util.tree_map(lambda x: x, task.theta0)
   theta["head"] = jnp.full_like(theta["head"], 127).at[0].set(-127)   # every head weight at the edge
   es = ue.int_es(task.system, num_particles=8)
-  update = jax.jit(es.update)
+  step = jax.jit(es.step)
   state = es.init(jax.random.PRNGKey(0), theta)
   moved_edges = 0
   for i in range(3):
-    new, state, info = update(jax.random.PRNGKey(i), theta, state)
+    new, state, info = step(jax.random.PRNGKey(i), theta, state)
     for old, x in zip(jax.tree_util.tree_leaves(theta), jax.tree_util.tree_leaves(new)):
       assert x.dtype == jnp.int8
       assert np.all(np.abs(np.asarray(x, np.int32) - np.asarray(old, np.int32)) <= 1)
@@ -141,7 +141,7 @@ def _linear_loss_system():
 def test_the_vote_points_downhill():
   system, minus_gradient = _linear_loss_system()
   theta = {"w": jnp.zeros((32, 16), jnp.int8)}
-  es = ue.int_es(system, num_particles=1024, alpha_start=0.2, alpha_end=0.2)
+  es = ue.make("int_es", system, num_particles=1024, alpha_start=0.2, alpha_end=0.2)   # the estimator form
   direction, _, _ = jax.jit(es.estimate)(jax.random.PRNGKey(0), theta, es.init(jax.random.PRNGKey(0), theta))
   moved = np.asarray(direction["w"]) != 0
   agree = -np.sign(np.asarray(direction["w"])) == np.sign(minus_gradient)
@@ -176,3 +176,19 @@ def test_the_command_line_trains_int_lm_and_resumes_exactly(tmp_path, capsys):
     if k != "header":
       np.testing.assert_array_equal(a[k], b[k])
   assert "final meta_loss" in capsys.readouterr().out
+
+
+def test_the_estimator_form_with_saturating_steps_lands_exactly_on_the_step():
+  """as_estimator(int_es)'s direction θ − θ', applied by saturating_steps(1), is θ' bit for bit, also at ±127."""
+  task = int_lm.int_lm(horizon=4, hidden=8, eval_segments=2)
+  theta = dict(task.theta0, head=jnp.full_like(task.theta0["head"], 127).at[0].set(-127))
+  method, estimator = ue.int_es(task.system, num_particles=8), ue.make("int_es", task.system, num_particles=8)
+  key, state = jax.random.PRNGKey(3), method.init(jax.random.PRNGKey(0), theta)
+  stepped, _, _ = jax.jit(method.step)(key, theta, state)
+  direction, _, _ = jax.jit(estimator.estimate)(key, theta, estimator.init(jax.random.PRNGKey(0), theta))
+  opt = ue.saturating_steps(1)
+  applied = optax.apply_updates(theta, opt.update(direction, opt.init(theta), theta)[0])
+  assert any(np.any(np.asarray(d) != 0) for d in jax.tree_util.tree_leaves(direction))
+  for a, b in zip(jax.tree_util.tree_leaves(applied), jax.tree_util.tree_leaves(stepped)):
+    assert a.dtype == jnp.int8
+    np.testing.assert_array_equal(a, b)

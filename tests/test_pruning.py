@@ -67,10 +67,11 @@ def test_snes_finds_the_optimum_adapts_sigma_and_keeps_masked_coordinates():
                              lambda th, s, key: (s, 0.5 * jnp.sum(curvature * (th["w"] - y) ** 2)), 1)
   mask = {"w": np.array([True, True, True, False])}
   es = ue.snes(system, population=32, sigma=0.5, mask=mask)
-  state, update = es.init({"w": jnp.zeros(4)}), jax.jit(es.update)
-  for g in range(300):
-    state, info = update(jax.random.PRNGKey(g), state)
-  w, sigma = np.asarray(state.mean["w"]), np.asarray(es.sigma(state)["w"])
+  theta = {"w": jnp.zeros(4)}
+  state, step = es.init(jax.random.PRNGKey(0), theta), jax.jit(es.step)
+  for g in range(50):   # converged by then; later generations only wander at float32's resolution of the loss
+    theta, state, info = step(jax.random.PRNGKey(g), theta, state)
+  w, sigma = np.asarray(theta["w"]), np.asarray(state.sigma["w"])
   np.testing.assert_allclose(w[:3], np.asarray(y)[:3], atol=0.05)
   assert w[3] == 0.0 and sigma[3] == pytest.approx(0.5)
   assert sigma[0] < sigma[1] and sigma[0] < 0.1   # the steep coordinate's σ shrinks most

@@ -45,3 +45,22 @@ def test_one_estimate_of_every_estimator(name):
     assert jax.tree_util.tree_structure(grad) == jax.tree_util.tree_structure(task.theta0), est_name
     assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grad)), est_name
     assert int(info["num_nonfinite"]) == 0 and np.isfinite(info["loss"]), est_name
+
+
+POPULATION_METHODS = {
+    "deep_ga": lambda task: ue.deep_ga(task.system, population=2, parents=1, sigma=0.01, elite_candidates=1,
+                                       elite_episodes=1, max_generations=2, mask=task.mask),
+    "snes": lambda task: ue.snes(task.system, population=2, sigma=0.01, mask=task.mask),
+}
+
+
+@pytest.mark.parametrize("name", sorted(set(SMALL) - {"int_lm"}))   # int_lm's int8 model: int_es in test_integer
+def test_one_generation_of_every_population_method(name):
+  task = tasks.get(name, **SMALL[name])
+  key = jax.random.PRNGKey(0)
+  for method_name, make in POPULATION_METHODS.items():
+    method = make(task)
+    theta, _, info = jax.jit(lambda k, th: method.step(k, th, method.init(k, th)))(key, task.theta0)
+    assert jax.tree_util.tree_structure(theta) == jax.tree_util.tree_structure(task.theta0), method_name
+    assert all(np.all(np.isfinite(t)) for t in jax.tree_util.tree_leaves(theta)), method_name
+    assert int(info["inner_steps"]) > 0 and np.isfinite(info["loss"]), method_name

@@ -15,21 +15,24 @@ No member is stored as numbers: a genome is the list of keys that made it (Such 
 is fixed so that everything is jit-able (past it, children are copies of their parents: `info["full"]`).
 Mutations use any unrolled_es noise (Gaussian, or low rank for matrices).
 
+It is a `PopulationMethod` (unrolled_es.population.base): θ is the elite, which `step` returns; the population
+lives in the state, relative to the θ₀ given to `init`, so `step` reads the θ it is given only for its structure.
+
     ga = unrolled_es.deep_ga(system, population=256, parents=20, sigma=0.02)
     state = ga.init(key, theta0)
-    state, info = ga.update(key, state)          # one generation; info: best/median/elite fitness
-    theta = ga.decode(state, 0)                  # the elite
+    theta, state, info = ga.step(key, theta, state)   # one generation; info: best/median/elite fitness
+    theta_3 = ga.member(state, 3)                       # any member, decoded from its genome
 """
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from unrolled_es.core import prng
-from unrolled_es.noise.masks import check_mask, masked
+from unrolled_es.core.system import UnrolledSystem, check_int, check_positive_float, check_system, check_theta
 from unrolled_es.noise.base import Noise, gaussian
-from unrolled_es.core.system import (UnrolledSystem, check_int, check_positive_float, check_system, check_theta,
-                                run_episode)
+from unrolled_es.noise.masks import check_mask, masked
+from unrolled_es.population.base import PopulationMethod, mean_episode_loss
 
 
 class GAState(NamedTuple):
@@ -38,13 +41,6 @@ class GAState(NamedTuple):
   length: jax.Array       # [P] int32: how many of the G keys are in use
   generation: jax.Array   # int32
   elite_fitness: jax.Array  # the elite's mean fitness on its re-evaluation episodes
-
-
-class GeneticAlgorithm(NamedTuple):
-  """init(key, theta0) -> state; update(key, state) -> (state, info); decode(state, member) -> θ."""
-  init: Callable
-  update: Callable
-  decode: Callable
 
 
 class _Config(NamedTuple):
@@ -69,17 +65,11 @@ def decode(noise: Noise, sigma: float, theta0, genome, length):
   return jax.tree_util.tree_map(lambda t, x: t.astype(jnp.result_type(x)), total, theta0)
 
 
-def _fitness(system, theta, key, episodes):
-  """Minus the mean loss of `episodes` whole episodes of one member."""
-  losses = jax.vmap(lambda k: run_episode(system, theta, k)[1])(jax.random.split(key, episodes))
-  return -jnp.mean(losses.astype(jnp.float32))
-
-
 def _evaluate(system, cfg, state, members, key, episodes):
   """Fitness [len(members)] of the given members, on common episodes (the same keys for every member)."""
   def one(m):
     theta = decode(cfg.noise, cfg.sigma, state.theta0, state.genomes[m], state.length[m])
-    return _fitness(system, theta, key, episodes)
+    return -mean_episode_loss(system, theta, jax.random.split(key, episodes))
   return jax.vmap(one)(members)
 
 
@@ -107,13 +97,7 @@ def _children(cfg, state, ranked, elite, key):
   return genomes, length + append, parents, jnp.any(full[1:])
 
 
-def deep_ga(system: UnrolledSystem, *, population: int, parents: int, sigma: float, episodes: int = 1,
-            elite_candidates: int = 10, elite_episodes: int = 5, max_generations: int = 1000,
-            noise: Noise | None = None, mask=None) -> GeneticAlgorithm:
-  """The Deep GA of Such et al. (2017) on `system` (see the module docstring). Settings of the paper's Atari runs:
-  population 1000, parents 20, σ = 0.002, elite re-evaluated on 30 episodes. `mask`: θ-shaped booleans; coordinates
-  outside it are never mutated."""
-  check_system(system)
+def _config(population, parents, sigma, episodes, elite_candidates, elite_episodes, max_generations, noise, mask):
   population = check_int("population", population, 2)
   cfg = _Config(population, check_int("parents", parents, 1, population), check_positive_float("sigma", sigma),
                 check_int("episodes", episodes, 1), check_int("elite_candidates", elite_candidates, 1, population),
@@ -122,30 +106,48 @@ def deep_ga(system: UnrolledSystem, *, population: int, parents: int, sigma: flo
   if not isinstance(cfg.noise, Noise):
     raise ValueError(f"noise must be an unrolled_es noise (gaussian() or low_rank(rank)); got {noise!r}")
   mask = check_mask(mask)
-  if mask is not None:
-    cfg = cfg._replace(noise=masked(cfg.noise, mask))
+  return cfg if mask is None else cfg._replace(noise=masked(cfg.noise, mask))
 
-  def init(key, theta0):
-    """Member 0 is θ₀ itself; the others one mutation away from it."""
-    check_theta(theta0)
+
+def _generation(system, cfg: _Config, key, state):
+  """(next state, info) of one generation: evaluate, select the elite, breed the children."""
+  eval_key, elite_key, child_key = jax.random.split(prng.raw_key(key), 3)
+  fitness = _evaluate(system, cfg, state, jnp.arange(cfg.population), eval_key, cfg.episodes)
+  ranked = jnp.argsort(-fitness)
+  elite, elite_fitness = _select_elite(system, cfg, state, fitness, elite_key)
+  genomes, length, parents, full = _children(cfg, state, ranked[:cfg.parents], elite, child_key)
+  info = {"loss": -jnp.mean(fitness), "best_fitness": fitness[ranked[0]], "median_fitness": jnp.median(fitness),
+          "mean_fitness": jnp.mean(fitness), "elite_fitness": elite_fitness, "parents": parents, "full": full,
+          "inner_steps": jnp.int32((cfg.population * cfg.episodes + (cfg.elite_candidates + 1)
+                                    * cfg.elite_episodes) * system.horizon)}
+  return GAState(state.theta0, genomes, length, state.generation + 1, elite_fitness), info
+
+
+def deep_ga(system: UnrolledSystem, *, population: int, parents: int, sigma: float, episodes: int = 1,
+            elite_candidates: int = 10, elite_episodes: int = 5, max_generations: int = 1000,
+            noise: Noise | None = None, mask=None) -> PopulationMethod:
+  """The Deep GA of Such et al. (2017) on `system` (see the module docstring). Settings of the paper's Atari runs:
+  population 1000, parents 20, σ = 0.002, elite re-evaluated on 30 episodes. `mask`: θ-shaped booleans; coordinates
+  outside it are never mutated."""
+  check_system(system)
+  cfg = _config(population, parents, sigma, episodes, elite_candidates, elite_episodes, max_generations, noise, mask)
+
+  def member(state, i):
+    return decode(cfg.noise, cfg.sigma, state.theta0, state.genomes[i], state.length[i])
+
+  def init(key, theta):
+    """Member 0 is θ itself; the others one mutation away from it."""
+    check_theta(theta)
     genomes = jnp.zeros((cfg.population, cfg.max_generations, 2), jnp.uint32)
     genomes = genomes.at[:, 0].set(prng.split(prng.raw_key(key), cfg.population))
     length = jnp.ones((cfg.population,), jnp.int32).at[0].set(0)
-    return GAState(theta0, genomes, length, jnp.int32(0), jnp.float32(-jnp.inf))
+    return GAState(theta, genomes, length, jnp.int32(0), jnp.float32(-jnp.inf))
 
-  def update(key, state):
-    eval_key, elite_key, child_key = jax.random.split(prng.raw_key(key), 3)
-    fitness = _evaluate(system, cfg, state, jnp.arange(cfg.population), eval_key, cfg.episodes)
-    ranked = jnp.argsort(-fitness)
-    elite, elite_fitness = _select_elite(system, cfg, state, fitness, elite_key)
-    genomes, length, parents, full = _children(cfg, state, ranked[:cfg.parents], elite, child_key)
-    info = {"best_fitness": fitness[ranked[0]], "median_fitness": jnp.median(fitness),
-            "mean_fitness": jnp.mean(fitness), "elite_fitness": elite_fitness, "parents": parents, "full": full,
-            "inner_steps": jnp.int32((cfg.population * cfg.episodes + (cfg.elite_candidates + 1)
-                                      * cfg.elite_episodes) * system.horizon)}
-    return GAState(state.theta0, genomes, length, state.generation + 1, elite_fitness), info
+  def step(key, theta, state):
+    # θ is the elite the previous step returned (member 0 of the state's population): only its structure is read
+    if jax.tree_util.tree_structure(theta) != jax.tree_util.tree_structure(state.theta0):
+      raise ValueError(f"theta must have the structure of the θ given to init; got {jax.tree_util.tree_structure(theta)}")
+    state, info = _generation(system, cfg, key, state)
+    return member(state, 0), state, info
 
-  def decode_member(state, member):
-    return decode(cfg.noise, cfg.sigma, state.theta0, state.genomes[member], state.length[member])
-
-  return GeneticAlgorithm(init=init, update=update, decode=decode_member)
+  return PopulationMethod(init=init, step=step, member=member)

@@ -18,14 +18,17 @@ fraction α_t of the weights would move by chance), else stays; results saturate
 strong evidence (the threshold rises). The only float arithmetic is the loss readout and one threshold per leaf;
 weights, draws, Z and the moves are integers.
 
+It is a `PopulationMethod` (unrolled_es.population.base):
+
     es = unrolled_es.int_es(system, num_particles=128)
     state = es.init(key, theta)                       # theta: int8 pytree
-    theta, state, info = es.update(key, theta, state)
-    # or, GradientEstimator-shaped for unrolled_es.training.loop and the CLI: a direction ĝ = −moves (int8), applied by
-    # optax with unrolled_es.saturating_steps(1) (`--optimizer integer`)
-    direction, state, info = es.estimate(key, theta, state)
+    theta, state, info = es.step(key, theta, state)
+
+The registered estimator "int_es" (`unrolled_es.make("int_es", ...)`, `unrolled-es train --estimator int_es`) is
+the same method as a GradientEstimator (`as_estimator`): its direction ĝ = θ − θ' (int8, whole steps) is applied by
+optax with `unrolled_es.saturating_steps(1)` (`--optimizer integer`), which lands exactly on θ'.
 """
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,25 +36,19 @@ import numpy as np
 import optax
 
 from unrolled_es.core import prng
+from unrolled_es.core.estimator import GradientEstimator
+from unrolled_es.core.system import UnrolledSystem, check_int, check_positive_float, check_system
 from unrolled_es.estimators.registry import register
 from unrolled_es.layers.integer import FIXED_POINT, MAX, check_fan_in
+from unrolled_es.population.base import PopulationMethod, as_estimator, mean_episode_loss
 from unrolled_es.population.integer_vote import (DIFFERENCE_LIMIT, FITNESS, alpha_at, apply_moves, moves, pair_fitness,
-                                       perturb, sample)
-from unrolled_es.core.system import UnrolledSystem, check_int, check_positive_float, check_system, run_episode
+                                                 perturb, sample)
 
 _Z_BOUND = 2 ** 31 - 1            # N·r·127²·max|f| must stay below it
 
 
 class IntESState(NamedTuple):
   step: jax.Array    # int32: updates done (drives α_t)
-
-
-class IntegerES(NamedTuple):
-  """init(key, θ) -> state; estimate(key, θ, state) -> (−moves, state, info); update(key, θ, state) -> (θ', state,
-  info). `estimate` is the GradientEstimator-shaped half, for training loops that apply `saturating_steps`."""
-  init: Callable
-  estimate: Callable
-  update: Callable
 
 
 class _Config(NamedTuple):
@@ -65,13 +62,6 @@ class _Config(NamedTuple):
   episodes: int
 
 
-def _member_loss(system, theta, e, sign, shift, keys):
-  """Mean loss of one member over its particle's episodes."""
-  params = perturb(theta, e, sign, shift)
-  per_episode = jax.vmap(lambda k: jnp.mean(run_episode(system, params, k)[1].astype(jnp.float32)))(keys)
-  return jnp.mean(per_episode)
-
-
 def _pair_losses(system, cfg: _Config, theta, key):
   """(draws [N, ...], losses [N, 2]): every particle's draw and its two members' mean losses on common episodes."""
   noise_key, episode_key = prng.split(prng.raw_key(key), 2)
@@ -81,7 +71,7 @@ def _pair_losses(system, cfg: _Config, theta, key):
   signs = jnp.array([1, -1], jnp.int8)
 
   def particle(e, k):
-    return jax.vmap(lambda sign: _member_loss(system, theta, e, sign, cfg.shift, k))(signs)
+    return jax.vmap(lambda sign: mean_episode_loss(system, perturb(theta, e, sign, cfg.shift), k))(signs)
   return eps, jax.vmap(particle)(eps, keys)
 
 
@@ -134,7 +124,7 @@ def _check_config(system, num_particles, rank, sigma_shift, alpha_start, alpha_e
 
 def int_es(system: UnrolledSystem, *, num_particles: int, rank: int = 1, sigma_shift: int = 4,
            alpha_start: float = 1.0, alpha_end: float = 1 / 16, decay_steps: int = 1000, fitness: str = "sign",
-           episodes: int = 1) -> IntegerES:
+           episodes: int = 1) -> PopulationMethod:
   """Integer low-rank ES on a system whose θ is int8 (see the module docstring). num_particles antithetic pairs,
   each running `episodes` whole episodes per member; perturbation 2^(−sigma_shift) real units per rank.
   Defaults are EGGROLL's integer runs' (rank 1, sigma_shift 4, α from 1 to 1/16 over 1000 steps, sign fitness)."""
@@ -142,27 +132,30 @@ def int_es(system: UnrolledSystem, *, num_particles: int, rank: int = 1, sigma_s
                       episodes)
 
   def init(key, theta):
-    del key
+    del key   # every draw is made in `step`, from its key
     check_int_theta(theta, cfg.rank)
     return IntESState(jnp.int32(0))
 
-  def step_moves(key, theta, state):
+  def step(key, theta, state):
     check_int_theta(theta, cfg.rank)
     eps, losses = _pair_losses(system, cfg, theta, key)
     fit, valid = pair_fitness(losses, cfg.fitness)
     alpha = alpha_at(state.step, cfg.alpha_start, cfg.alpha_end, cfg.decay_steps)
-    step = moves(theta, eps, fit, alpha, cfg.rank)
-    return step, IntESState(state.step + 1), _info(system, cfg, theta, losses, valid, step, alpha)
+    step_moves = moves(theta, eps, fit, alpha, cfg.rank)
+    info = _info(system, cfg, theta, losses, valid, step_moves, alpha)
+    return apply_moves(theta, step_moves), IntESState(state.step + 1), info
 
-  def estimate(key, theta, state):
-    step, state, info = step_moves(key, theta, state)
-    return jax.tree_util.tree_map(jnp.negative, step), state, info
+  return PopulationMethod(init=init, step=step)
 
-  def update(key, theta, state):
-    step, state, info = step_moves(key, theta, state)
-    return apply_moves(theta, step), state, info
 
-  return IntegerES(init=init, estimate=estimate, update=update)
+def int_es_estimator(system: UnrolledSystem, *, num_particles: int, rank: int = 1, sigma_shift: int = 4,
+                     alpha_start: float = 1.0, alpha_end: float = 1 / 16, decay_steps: int = 1000,
+                     fitness: str = "sign", episodes: int = 1) -> GradientEstimator:
+  """Integer low-rank ES as a GradientEstimator (`as_estimator(int_es(...))`): the direction θ − θ', applied by
+  `saturating_steps(1)`. Registered as "int_es" for `unrolled_es.make` and the command line."""
+  return as_estimator(int_es(system, num_particles=num_particles, rank=rank, sigma_shift=sigma_shift,
+                             alpha_start=alpha_start, alpha_end=alpha_end, decay_steps=decay_steps, fitness=fitness,
+                             episodes=episodes))
 
 
 def saturating_steps(step_size: int = 1) -> optax.GradientTransformation:
@@ -187,4 +180,4 @@ def saturating_steps(step_size: int = 1) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-register("int_es", int_es)
+register("int_es", int_es_estimator)
