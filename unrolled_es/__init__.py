@@ -16,6 +16,7 @@ from unrolled_es.noise.orthogonal import orthogonal
 from unrolled_es.options.hybrid import hybrid
 from unrolled_es.noise.guided import guided
 from unrolled_es.core.engine import es_estimator
+from unrolled_es.core.host_system import host_function, host_system
 from unrolled_es.core.estimator import GradientEstimator, particle_mesh
 from unrolled_es.estimators import (baseline_es, es_single, full_bptt, full_es, generalized_pes, make, nres, pes,
                                     register, registered, truncated_bptt, truncated_es, uoro)
@@ -41,5 +42,5 @@ from unrolled_es.population.int_es import int_es, saturating_steps  # noqa: E402
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
            "linear", "materialize", "haiku_apply", "flax_apply", "nnx_model", "equinox_model", "particle_mesh", "make",
            "multi_task", "Rule", "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "PopulationMethod", "as_estimator", "orthogonal", "hybrid", "guided",
-           "pruning", "es_estimator", "register", "registered", *ESTIMATORS, "ESTIMATORS", "integer", "integer_layers",
+           "pruning", "es_estimator", "host_system", "host_function", "register", "registered", *ESTIMATORS, "ESTIMATORS", "integer", "integer_layers",
            "int_es", "saturating_steps", "train", "TrainResult", "load_metrics"]
