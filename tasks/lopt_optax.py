@@ -6,10 +6,13 @@
     updates, state = opt.update(grads, state, params)                  # params are required: p is a feature
     params = optax.apply_updates(params, updates)
 
-It works on any pytree of float parameters of any shapes (the network acts per element, its features are
-normalised per tensor; see `unrolled_es_tasks.lopt_network`), and everything is jit-able. `num_steps` is the length of
-the training run, which the optimizer's progress features need (time_features="fraction"); an optimizer
-meta-trained with time_features="steps" ignores it.
+It works on any pytree of parameters of any shapes and ranks (the network acts per element, its features are
+normalised per tensor; see `unrolled_es_tasks.lopt_network`): integer leaves are passed through untouched,
+bfloat16 leaves are updated in float32, and `kinds=` annotates which leaves are linear maps for the μP width
+scaling (`unrolled_es_tasks.lopt_leaves`). Everything is jit-able. `num_steps` is the length of the training
+run: required by time_features="fraction", optional for "any" (None: a run of unknown length), ignored by
+"steps". A run longer than `num_steps` is not frozen: the nominal step stays at its floor lr·FINAL_FRACTION
+after the cosine's end (`lopt_network.nominal_lr`), for `as_optax`, `load` and `pretrained` alike.
 """
 import json
 import os
@@ -36,10 +39,11 @@ def check_theta_matches(spec: LoptSpec, theta):
                      f"pass the spec it was trained with")
 
 
-def as_optax(theta, num_steps=None, spec: LoptSpec | None = None) -> optax.GradientTransformation:
+def as_optax(theta, num_steps=None, spec: LoptSpec | None = None, kinds=None) -> optax.GradientTransformation:
   """The learned optimizer θ (of architecture `spec`, default `LoptSpec()`) as an optax transformation.
 
-  num_steps: the training run's length in steps (required when spec.time_features == "fraction").
+  num_steps: the training run's length in steps (required when spec.time_features == "fraction"; None for
+  "any" and "steps": unknown). kinds: the leaf-kind annotation (`lopt_leaves`; None: the default rule).
   """
   spec = LoptSpec() if spec is None else spec
   if not isinstance(spec, LoptSpec):
@@ -48,6 +52,8 @@ def as_optax(theta, num_steps=None, spec: LoptSpec | None = None) -> optax.Gradi
   if spec.time_features == "fraction":
     if num_steps is None:
       raise ValueError("num_steps must be given: the optimizer's progress features are fractions of the run")
+  if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
+    raise ValueError(f"num_steps must be None or a positive int (the run's length in steps); got {num_steps!r}")
   check_theta_matches(spec, theta)
 
   def init(params):
@@ -57,21 +63,21 @@ def as_optax(theta, num_steps=None, spec: LoptSpec | None = None) -> optax.Gradi
     if params is None:
       raise ValueError("params must be passed to update (opt.update(grads, state, params)): the learned "
                        "optimizer reads the parameters as a feature")
-    return lopt_network.update(spec, theta, state, params, grads, num_steps)
+    return lopt_network.update(spec, theta, state, params, grads, num_steps, kinds)
 
   return optax.GradientTransformation(init, update)
 
 
-def load(run_dir: str, num_steps=None) -> optax.GradientTransformation:
+def load(run_dir: str, num_steps=None, kinds=None) -> optax.GradientTransformation:
   """The learned optimizer meta-trained by `unrolled-es train --task learned_optimizer --out run_dir`, from the
   run's newest valid checkpoint (a damaged newest file is skipped with a warning for the previous one).
 
-  num_steps defaults to the run's meta-training horizon.
+  num_steps defaults to the run's meta-training horizon; a longer run continues at the floor step size.
   """
   theta, config = load_theta(run_dir)
-  if num_steps is None:
+  if num_steps is None and config.spec.time_features == "fraction":
     num_steps = config.horizon
-  return as_optax(theta, num_steps, config.spec)
+  return as_optax(theta, num_steps, config.spec, kinds)
 
 
 def load_theta(run_dir: str):
