@@ -94,9 +94,12 @@ def make_family(hidden=(32, 32), datasets=("digits", "synthetic"), batch_size=12
 
 
 def _split(x, y, num_classes, test_x=None, test_y=None) -> Data:
-  """The last VALID_FRACTION of the training examples become the validation split."""
+  """The last VALID_FRACTION of the training examples become the validation split, less any row that also
+  occurs in the training part (the 8×8 digits hold exact duplicates): the two splits share no row."""
   n_valid = int(round(len(x) * VALID_FRACTION))
-  return Data(x[:-n_valid], y[:-n_valid], x[-n_valid:], y[-n_valid:], test_x, test_y, num_classes)
+  seen = {r.tobytes() for r in np.ascontiguousarray(x[:-n_valid])}
+  fresh = np.array([r.tobytes() not in seen for r in np.ascontiguousarray(x[-n_valid:])], bool)
+  return Data(x[:-n_valid], y[:-n_valid], x[-n_valid:][fresh], y[-n_valid:][fresh], test_x, test_y, num_classes)
 
 
 @functools.lru_cache(maxsize=8)
