@@ -82,3 +82,55 @@ def test_clip_gradient_limits_the_norm_keeps_the_direction_and_reports():
 def test_bad_fitness_and_clipping_arguments_are_refused(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+# ---------------------------------------------------------------- ARS's top-b directions and reward-std step
+
+def _ars_reference(losses, valid, top):
+  """ARS (Mania et al. 2018, Algorithm 2) in numpy: rewards r± = −window means; keep the `top` valid directions by
+  max(r⁺, r⁻); each kept difference scaled by n_valid/(b·σ_R), σ_R the std of the 2b kept rewards."""
+  r = -np.asarray(losses, np.float64).mean(axis=2)
+  idx = np.flatnonzero(np.asarray(valid))
+  kept = idx[np.argsort(-r[idx].max(axis=1), kind="stable")[:top]]
+  sigma_r = r[kept].std()
+  out = np.zeros(np.shape(losses)[::2])
+  diffs = 0.5 * (np.asarray(losses)[:, 0] - np.asarray(losses)[:, 1])
+  out[kept] = diffs[kept] * len(idx) / (len(kept) * sigma_r)
+  return out, kept
+
+
+def _losses():
+  rng = np.random.default_rng(3)
+  losses = rng.normal(size=(7, 2, 3)) * np.array([1.0, 5.0, 0.2, 3.0, 1.0, 2.0, 0.5])[:, None, None]
+  valid = np.array([True, True, True, False, True, True, True])
+  diffs = np.where(valid[:, None], 0.5 * (losses[:, 0] - losses[:, 1]), 0.0)
+  return jnp.asarray(losses, jnp.float32), jnp.asarray(valid), jnp.asarray(diffs, jnp.float32)
+
+
+@pytest.mark.parametrize("top", [1, 3, 6])
+def test_ars_keeps_the_top_directions_and_divides_by_their_reward_std(top):
+  losses, valid, diffs = _losses()
+  out, info = jax.jit(ue.fitness.ars(top).transform)(diffs, valid, losses)
+  expected, kept = _ars_reference(losses, valid, top)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
+  assert int(info["num_kept"]) == len(kept) == min(top, 6)
+  # top_directions alone: the same selection, no division by σ_R
+  only_top, _ = ue.fitness.top_directions(top).transform(diffs, valid, losses)
+  sigma_r = (-np.asarray(losses, np.float64).mean(2))[kept].std()
+  np.testing.assert_allclose(only_top, expected * sigma_r, rtol=1e-5, atol=1e-7)
+
+
+def test_reward_std_divides_by_the_std_of_every_valid_members_window_mean():
+  losses, valid, diffs = _losses()
+  out, _ = ue.fitness.reward_std().transform(diffs, valid, losses)
+  means = np.asarray(losses, np.float64).mean(2)[np.asarray(valid)]
+  np.testing.assert_allclose(out, np.asarray(diffs) / means.std(), rtol=1e-5)
+  assert ue.fitness.chain(ue.fitness.clipped(10.0), ue.fitness.reward_std()).needs_losses
+
+
+def test_ars_transforms_need_the_members_losses():
+  losses, valid, diffs = _losses()
+  with pytest.raises(ValueError, match="members' own losses"):
+    ue.fitness.ars(2).transform(diffs, valid)
+  with pytest.raises(ValueError, match="top must be"):
+    ue.fitness.top_directions(0)
