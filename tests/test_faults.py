@@ -117,7 +117,7 @@ BAD = [
     (lambda: ue.pes(SYSTEM, num_particles=2, sigma=0.1, truncation_length=2, stagger="yes"), "stagger"),
     (lambda: ue.pes(SYSTEM, num_particles=2, sigma=0.1, truncation_length=2, noise="lowrank"), "noise"),
     (lambda: ue.pes(SYSTEM, num_particles=2, sigma=0.1, truncation_length=2).init(
-        KEY, {"w": jnp.arange(3), "b": 0.3}), r"theta leaf \['w'\]"),
+        KEY, {"w": jnp.arange(3), "b": jnp.array(0.3)}), r"theta leaf \['w'\]"),
     (lambda: ue.es_single(bad_loss_system(), num_particles=2, sigma=0.1, truncation_length=2).init(
         KEY, {"w": jnp.ones(3)}), "scalar loss"),
 ]
@@ -136,14 +136,23 @@ def test_error_messages_give_the_allowed_range():
     ue.pes(SYSTEM, num_particles=2, sigma=-1, truncation_length=1)
 
 
-def test_make_builds_any_estimator_by_name_from_one_set_of_settings():
+def test_make_builds_any_estimator_by_name_from_the_settings_it_takes():
   settings = dict(num_particles=4, sigma=0.1, truncation_length=5, stagger=False, noise=ue.low_rank(1))
   for name in ue.ESTIMATORS:
-    est = ue.make(name, SYSTEM, **settings)
+    est = ue.make(name, SYSTEM, **{k: v for k, v in settings.items() if k in ue.estimator_options(name)})
     grad, _, info = est.estimate(KEY, THETA, est.init(KEY, THETA))
     expected = SYSTEM.horizon if name in ("full_es", "full_bptt") else 5
     assert int(info["sequential_inner_steps"]) == expected, name
   with pytest.raises(ValueError, match="unknown estimator 'pess'; choose one of: full_es"):
     ue.make("pess", SYSTEM, **settings)
-  with pytest.raises(ValueError, match="no estimator takes sigmaa"):
+  with pytest.raises(ValueError, match="estimator 'pes' takes no option sigmaa; it takes: num_particles, sigma"):
     ue.make("pes", SYSTEM, num_particles=4, sigmaa=0.1, truncation_length=5)
+
+
+@pytest.mark.parametrize("name,option", [("full_es", "horizons"), ("int_es", "mask"), ("truncated_bptt", "sigma"),
+                                         ("full_es", "truncation_length")])
+def test_make_refuses_an_option_the_estimator_does_not_take(name, option):
+  """Dropping it silently would build another estimator than the one asked for."""
+  with pytest.raises(ValueError, match=rf"estimator '{name}' takes no option {option}; it takes: .*num_particles"):
+    ue.make(name, SYSTEM, num_particles=4, **{option: None})
+  assert option not in ue.estimator_options(name) and "num_particles" in ue.estimator_options(name)

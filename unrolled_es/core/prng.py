@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -30,8 +31,20 @@ def threefry2x32(key, x0, x1):
   return x0, x1
 
 
+def as_key(key):
+  """A key as given, or for a Python or NumPy integer seed, jax.random.PRNGKey(seed); anything else that is not
+  an array is refused with a TypeError naming `key`."""
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    return jax.random.PRNGKey(int(key))
+  if not hasattr(key, "dtype"):
+    raise TypeError(f"key must be jax.random.key(seed), jax.random.PRNGKey(seed) or an integer seed; got "
+                    f"{type(key).__name__}")
+  return key
+
+
 def raw_key(key):
-  """The uint32[2] data of a Threefry key, typed (jax.random.key) or raw (jax.random.PRNGKey)."""
+  """The uint32[2] data of a Threefry key, typed (jax.random.key), raw (jax.random.PRNGKey) or an integer seed."""
+  key = as_key(key)
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
   if key.shape != (2,) or key.dtype != jnp.uint32:

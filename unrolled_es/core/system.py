@@ -15,16 +15,29 @@ import numpy as np
 from unrolled_es.core import prng
 
 
-class UnrolledSystem(NamedTuple):
-  """An inner problem: `init(key, theta) -> state`, `step(theta, state, key) -> (state, loss)`, `horizon`."""
+class _SystemFields(NamedTuple):
   init: Callable[[jax.Array, Any], Any]
   step: Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
   horizon: int
 
 
+class UnrolledSystem(_SystemFields):
+  """An inner problem: `init(key, theta) -> state`, `step(theta, state, key) -> (state, loss)`, `horizon`.
+
+  Checked when built (a horizon of 0 would make every mean loss NaN); `_replace` skips the check, and every
+  estimator checks the system again."""
+  __slots__ = ()
+
+  def __new__(cls, init, step, horizon):
+    if not (callable(init) and callable(step)):
+      raise TypeError(f"UnrolledSystem takes callables init(key, theta) and step(theta, state, key); got "
+                      f"{type(init).__name__} and {type(step).__name__}")
+    return super().__new__(cls, init, step, check_int("horizon", horizon, 1))
+
+
 def episode_keys(key):
   """Splits an episode key into the key for `init` and the base of the per-step keys."""
-  return jax.random.split(key)
+  return jax.random.split(prng.as_key(key))
 
 
 def step_key(base, t):
@@ -40,9 +53,19 @@ def run_episode(system: UnrolledSystem, theta, key, num_steps: int | None = None
   init_key, base = episode_keys(key)
 
   def body(state, t):
-    return system.step(theta, state, step_key(base, t))
+    state, loss = system.step(theta, state, step_key(base, t))
+    check_loss(loss)
+    return state, loss
 
   return jax.lax.scan(body, system.init(init_key, theta), jnp.arange(n))
+
+
+def check_loss(loss):
+  """A step's loss must be a float scalar (checked on its shape when traced; costs nothing at run time)."""
+  shape, dtype = jnp.shape(loss), jnp.result_type(loss)
+  if shape != () or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"system.step must return a float scalar loss; got shape {shape} dtype {dtype} (reduce it, "
+                     f"e.g. with jnp.mean)")
 
 
 def episode_losses(system: UnrolledSystem, theta, key, num_steps: int | None = None):
@@ -51,7 +74,10 @@ def episode_losses(system: UnrolledSystem, theta, key, num_steps: int | None = N
 
 
 def evaluate(system: UnrolledSystem, theta, key):
-  """The unperturbed mean loss L(θ) over one whole episode."""
+  """The unperturbed mean loss L(θ) over one whole episode (Python numbers in θ are taken as arrays; an int key
+  as jax.random.key(key))."""
+  check_system(system)
+  theta = jax.tree_util.tree_map(jnp.asarray, theta)
   check_theta(theta)
   return jnp.mean(episode_losses(system, theta, key))
 
@@ -98,6 +124,10 @@ def check_theta(theta):
     raise ValueError("theta must be a non-empty pytree of floating-point arrays; got no leaves")
   for path, leaf in jax.tree_util.tree_leaves_with_path(theta):
     dtype = jnp.result_type(leaf)
+    if isinstance(leaf, (int, float, complex)):
+      raise TypeError(f"theta leaf {jax.tree_util.keystr(path) or '<root>'} is a Python {type(leaf).__name__}; "
+                      f"estimators need arrays (the gradient keeps each leaf's shape and dtype): pass "
+                      f"jnp.asarray({leaf!r}, jnp.float32)")
     if not jnp.issubdtype(dtype, jnp.floating):
       where = jax.tree_util.keystr(path) or "<root>"
       raise ValueError(f"theta leaf {where} must have a floating dtype (float16/bfloat16/float32/float64); got {dtype}")
@@ -110,7 +140,6 @@ def check_step_contract(system: UnrolledSystem, theta, key):
   if not (isinstance(out, tuple) and len(out) == 2):
     raise ValueError("system.step must return a pair (state, loss)")
   new_state, loss = out
-  if loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
-    raise ValueError(f"system.step must return a float scalar loss; got shape {loss.shape} dtype {loss.dtype}")
+  check_loss(loss)
   if jax.tree_util.tree_structure(new_state) != jax.tree_util.tree_structure(state):
     raise ValueError("system.step must return a state with the same pytree structure as system.init")

@@ -1,5 +1,5 @@
-"""The one registry of estimator names: `register` adds a constructor, and `make`, `unrolled_es.ESTIMATORS` and the
-`unrolled-es` command line all read it, so a new estimator file needs only its own `register` call (and an import
+"""The one registry of estimator names: `register` adds a constructor, and `make`, `options`, `unrolled_es.ESTIMATORS`
+and the `unrolled-es` command line all read it, so a new estimator file needs only its own `register` call (and an import
 in estimators/__init__.py, or in the user's code for an estimator outside the library)."""
 import inspect
 from typing import Callable
@@ -28,18 +28,34 @@ def registered() -> dict:
   return dict(_REGISTRY)
 
 
-def make(name: str, system, **kwargs):
-  """The estimator called `name`, built from whichever of `kwargs` it takes.
+def options(name: str) -> tuple:
+  """The options (keyword arguments besides the system) that the estimator called `name` takes, in signature order.
+  A sweep that passes one set of settings to several estimators keeps, deliberately, the ones each takes:
 
-  Sweeps over estimators pass one set of settings (num_particles, sigma, truncation_length, stagger, noise, ...);
-  each estimator keeps the ones in its signature, so BPTT drops sigma and noise and the whole-episode
-  estimators drop truncation_length and stagger. A keyword that no estimator takes is an error.
+      ue.make(name, system, **{k: v for k, v in settings.items() if k in ue.estimator_options(name)})
   """
+  named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+  params = inspect.signature(_constructor(name)).parameters.values()
+  return tuple(p.name for p in params if p.kind in named and p.name != "system")
+
+
+def _constructor(name: str):
   if name not in _REGISTRY:
     raise ValueError(f"unknown estimator {name!r}; choose one of: {', '.join(_REGISTRY)}")
-  known = set().union(*(inspect.signature(c).parameters for c in _REGISTRY.values())) - {"system"}
-  unknown = sorted(set(kwargs) - known)
-  if unknown:
-    raise ValueError(f"no estimator takes {', '.join(unknown)}; the settings are: {', '.join(sorted(known))}")
-  takes = inspect.signature(_REGISTRY[name]).parameters
-  return _REGISTRY[name](system, **{k: v for k, v in kwargs.items() if k in takes})
+  return _REGISTRY[name]
+
+
+def make(name: str, system, **kwargs):
+  """The estimator called `name` on `system`, built from `kwargs`.
+
+  Every keyword must be an option of that estimator: one it does not take (`horizons` for the whole-episode
+  `full_es`, `sigma` for BPTT, `mask` for `int_es`) is a ValueError naming it and the options the estimator takes,
+  never silently dropped (it would build another estimator than the one asked for). `options(name)` lists them.
+  """
+  ctor = _constructor(name)
+  takes = options(name)
+  open_keywords = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(ctor).parameters.values())
+  unknown = [k for k in kwargs if k not in takes]
+  if unknown and not open_keywords:
+    raise ValueError(f"estimator {name!r} takes no option {', '.join(unknown)}; it takes: {', '.join(takes)}")
+  return ctor(system, **kwargs)
