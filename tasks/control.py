@@ -1,12 +1,14 @@
 """Reinforcement-learning control: one episode of a policy in an environment is an unrolled system.
 
     state s_t = (environment state, observation, done flag, observation statistics),
-    step:  a_t = π_θ(x̃_t) with x̃_t the normalised observation;  l_t = −r_t, or 0 once the episode has ended,
+    step:  a_t = π_θ(x̃_t) with x̃_t the normalised observation;  l_t = c − r_t, or 0 once the episode has ended
+           (c = `reward_shift`, ARS's survival-bonus shift, 0 unless asked or ARS used one for the task),
     L(θ) = 1/T Σ_t l_t = −E[return]/T,   T = the environment's episode length (e.g. 500 for CartPole-v1).
 
 So online ES (ES-Single, PES) trains policies the way ARS (Mania et al., 2018), the PES paper (Vicol et al.,
 2021) and the NRES paper (Li et al., 2023) do, with a linear or MLP policy (tasks/control_policies.py) on gymnax
-environments or MuJoCo Swimmer through MJX (tasks/control_envs.py, tasks/mjx_swimmer.py). `evaluate` reports
+environments and Gymnasium's v5 MuJoCo tasks on native MuJoCo through one batched host call per step, or Swimmer
+on MJX (tasks/control_envs.py, tasks/mujoco_native.py, tasks/mjx_swimmer.py). `evaluate` reports
 returns (sums of rewards per episode) beside the per-step meta-loss.
 
 Episodes that end early are frozen, not restarted: after `done` the state stops changing and every remaining
@@ -49,15 +51,37 @@ SETTINGS = {
     "Swimmer-v5": {"sigma": 0.3, "num_particles": 30, "truncation_length": 100, "outer_lr": 3.0,
                    "optimizer": "sgd", "steps": 100},
 }
+# The MuJoCo locomotion tasks: σ is ARS's ν for the same task and Adam's lr its step size α (Adam's per-coordinate
+# step is about lr, as ARS's normalised step is about α); N pairs and K are ours (N·2·K env steps per update).
+# ARS's ν and α (V2-t; the example commands of ARS's code, as copied in third-party repositories; UNVERIFIED
+# against the paper's appendix): Hopper 0.025/0.01, HalfCheetah 0.03/0.02, Walker2d 0.025/0.03 (UNVERIFIED),
+# Ant 0.025/0.015, Humanoid 0.0075/0.02.
+_LOCOMOTION = {"num_particles": 32, "truncation_length": 100, "optimizer": "adam", "steps": 1500}
+SETTINGS.update({
+    "Hopper-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.01),
+    "HalfCheetah-v5": dict(_LOCOMOTION, sigma=0.03, outer_lr=0.02),
+    "Walker2d-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.03),
+    "Ant-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.015),
+    "Humanoid-v5": dict(_LOCOMOTION, sigma=0.0075, outer_lr=0.02, num_particles=64),
+})
+# ARS's `shift` (its code's --shift): the survival bonus subtracted from each training reward, so standing still
+# is not a local optimum. Training only: `evaluate` reports Gymnasium's own returns.
+REWARD_SHIFT = {"Hopper-v5": 1.0, "Walker2d-v5": 1.0, "Ant-v5": 1.0, "Humanoid-v5": 5.0}
 GENERIC_SETTINGS = {"sigma": 0.1, "num_particles": 32, "truncation_length": 50, "outer_lr": 0.05,
                     "optimizer": "adam", "steps": 300}
 
 
 def control(env="CartPole-v1", policy="linear", hidden=(32, 32), bias=False, stochastic=False, action_std=0.1,
-            squash="clip", normalize_obs=True, horizon=None, num_eval=16, seed=0) -> Task:
+            squash="clip", normalize_obs=True, horizon=None, num_eval=16, seed=0, backend=None,
+            reward_shift=None) -> Task:
   """The control task.
 
-  env:       a gymnax id ("CartPole-v1", "Pendulum-v1", ...), "Swimmer-v5" (MJX), or a `ControlEnv`.
+  env:       a gymnax id ("CartPole-v1", "Pendulum-v1", ...), a Gymnasium MuJoCo id ("Hopper-v5", "Ant-v5", ...:
+             control_envs.NATIVE_ENVS), or a `ControlEnv`.
+  backend:   MuJoCo ids only: "native" (MuJoCo in C on the host, one batched call per step; the default on CPU)
+             or "mjx" (Swimmer-v5 in XLA; the default for it on accelerators).
+  reward_shift: subtracted from every training reward while the episode runs (ARS's shift; default REWARD_SHIFT
+             for the id, else 0); `evaluate` adds it back, so returns are the environment's.
   policy:    "linear" (x̃ W, W = 0 at the start, ARS) or "mlp" (tanh layers of sizes `hidden`).
   bias:      add a bias to the linear policy (ARS has none).
   stochastic: sample discrete actions from softmax(logits) / add N(0, action_std²) to continuous ones.
@@ -70,7 +94,8 @@ def control(env="CartPole-v1", policy="linear", hidden=(32, 32), bias=False, sto
   "return_std", "return_min", "episode_length": mean steps taken before the end (at most T)}.
   """
   cfg = _check_options(policy, hidden, bias, stochastic, action_std, squash, normalize_obs, num_eval, seed)
-  env = env if isinstance(env, ControlEnv) else make_env(env)
+  cfg["reward_shift"] = _check_shift(env, reward_shift)
+  env = env if isinstance(env, ControlEnv) else make_env(env, backend)
   horizon = env.max_steps if horizon is None else check_int("horizon", horizon, 1)
   space = env.action_space
   policy_params = init_policy(policy, jax.random.PRNGKey(cfg["seed"]), env.obs_size, space.size, cfg["hidden"],
@@ -84,8 +109,21 @@ def control(env="CartPole-v1", policy="linear", hidden=(32, 32), bias=False, sto
     mask["obs_norm"] = observation_norm.mask(theta0["obs_norm"])
   settings = dict(SETTINGS.get(env.name, GENERIC_SETTINGS))
   settings["truncation_length"] = min(settings["truncation_length"], horizon)
-  return Task(name="control", system=system, theta0=theta0, evaluate=make_evaluate(system, cfg["num_eval"]),
+  return Task(name="control", system=system, theta0=theta0,
+              evaluate=make_evaluate(system, cfg["num_eval"], cfg["reward_shift"]),
               settings=settings, mask=mask, after_update=update_obs_norm if cfg["normalize_obs"] else None)
+
+
+def _check_shift(env, reward_shift):
+  if reward_shift is None:
+    return REWARD_SHIFT.get(env, 0.0) if isinstance(env, str) else 0.0
+  try:
+    shift = float(reward_shift)
+  except (TypeError, ValueError):
+    shift = float("nan")
+  if not np.isfinite(shift):
+    raise ValueError(f"reward_shift must be a finite number (or None: ARS's shift for the id); got {reward_shift!r}")
+  return shift
 
 
 def _check_options(policy, hidden, bias, stochastic, action_std, squash, normalize_obs, num_eval, seed):
@@ -129,17 +167,18 @@ def control_system(env: ControlEnv, horizon: int, cfg: dict) -> UnrolledSystem:
     new = jax.tree_util.tree_map(lambda a, b: jnp.where(running, a, b), moved, {k: state[k] for k in moved})
     if normalize:
       new["obs_stats"] = observation_norm.accumulate(state["obs_stats"], theta["obs_norm"], x, running)
-    return new, jnp.where(running, -reward, 0.0).astype(jnp.float32)
+    return new, jnp.where(running, cfg.get("reward_shift", 0.0) - reward, 0.0).astype(jnp.float32)
 
   return UnrolledSystem(init=init, step=step, horizon=horizon)
 
 
-def make_evaluate(system: UnrolledSystem, num_eval: int):
-  """evaluate(theta, key): the unperturbed policy on `num_eval` episodes, in return units and as a meta-loss."""
+def make_evaluate(system: UnrolledSystem, num_eval: int, reward_shift: float = 0.0):
+  """evaluate(theta, key): the unperturbed policy on `num_eval` episodes, in return units (the environment's own
+  rewards, the training shift added back) and as a meta-loss (the training loss)."""
 
   def evaluate(theta, key):
     final, losses = jax.vmap(lambda k: run_episode(system, theta, k))(jax.random.split(key, num_eval))
-    returns = -jnp.sum(losses, axis=1)
+    returns = -jnp.sum(losses, axis=1) + reward_shift * final["length"].astype(jnp.float32)
     return {"meta_loss": jnp.mean(losses), "return": jnp.mean(returns), "return_std": jnp.std(returns),
             "return_min": jnp.min(returns), "episode_length": jnp.mean(final["length"].astype(jnp.float32))}
 

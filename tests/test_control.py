@@ -15,6 +15,7 @@ from unrolled_es_tasks import observation_norm  # noqa: E402
 from unrolled_es_tasks.control import control  # noqa: E402
 from unrolled_es_tasks.control_envs import ControlEnv, make_env  # noqa: E402
 from unrolled_es_tasks.control_policies import ActionSpace, to_action  # noqa: E402
+from unrolled_es.core.system import episode_keys, run_episode, step_key  # noqa: E402
 
 GYMNAX_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0")
 TINY = dict(num_particles=2, sigma=0.1, truncation_length=2, stagger=False)
@@ -148,17 +149,17 @@ def test_gymnax_episode_is_frozen_after_done():
   import gymnax
   task = control(env="CartPole-v1", horizon=60, normalize_obs=False)
   key = jax.random.PRNGKey(5)
-  final, losses = ue.system.run_episode(task.system, task.theta0, key)
+  final, losses = run_episode(task.system, task.theta0, key)
   length = int(final["length"])
   assert 0 < length < 60 and bool(final["done"])
   np.testing.assert_array_equal(np.asarray(losses[:length]), -1.0)
   np.testing.assert_array_equal(np.asarray(losses[length:]), 0.0)
   env, params = gymnax.make("CartPole-v1")
-  init_key, base = ue.system.episode_keys(key)
+  init_key, base = episode_keys(key)
   _, state = env.reset_env(init_key, params)
   steps = 0
   for t in range(60):
-    env_key = jax.random.split(ue.system.step_key(base, t))[1]
+    env_key = jax.random.split(step_key(base, t))[1]
     _, state, _, terminated, _ = env.step_env(env_key, state, 0, params)
     steps += 1
     if bool(terminated):

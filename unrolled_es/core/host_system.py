@@ -108,7 +108,8 @@ def encode(x):
 
 
 def decode(x, dtype):
-  return np.ascontiguousarray(x).view(dtype)[..., 0] if _wide(dtype) else np.asarray(x, dtype)
+  """The host array `encode` made `x` from: a fresh, writable copy (callback operands are read-only)."""
+  return np.ascontiguousarray(x).view(dtype)[..., 0].copy() if _wide(dtype) else np.array(x, dtype)
 
 
 # ---------------------------------------------------------------- the system
