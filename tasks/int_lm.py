@@ -125,10 +125,11 @@ def _system(model: str, train: np.ndarray, horizon: int) -> UnrolledSystem:
   return UnrolledSystem(init, step, horizon)
 
 
+# "estimator" is what `unrolled-es train --task int_lm` uses when --estimator is left out.
 SETTINGS = {
-    "int8": {"num_particles": 128, "optimizer": "integer", "outer_lr": 1, "steps": 1000},
-    "float": {"sigma": 0.02, "num_particles": 128, "truncation_length": 16, "outer_lr": 3e-3, "optimizer": "adam",
-              "steps": 1000},
+    "int8": {"estimator": "int_es", "num_particles": 128, "optimizer": "integer", "outer_lr": 1, "steps": 1000},
+    "float": {"estimator": "es_single", "sigma": 0.02, "num_particles": 128, "truncation_length": 16,
+              "outer_lr": 3e-3, "optimizer": "adam", "steps": 1000},
 }
 
 

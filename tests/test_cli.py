@@ -13,7 +13,8 @@ import pytest
 
 from unrolled_es_tasks.base import Task
 from unrolled_es.training import checkpoint as ckpt
-from unrolled_es.cli import main as cli
+from unrolled_es import cli
+from unrolled_es.cli import assemble
 from unrolled_es.core.system import UnrolledSystem, evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,11 +69,11 @@ def fake_bptt(system, num_particles=4, truncation_length=2):
 @pytest.fixture
 def fakes(monkeypatch):
   reports = []
-  monkeypatch.setattr(cli, "task_names", lambda: ("toy", "other"))
+  monkeypatch.setattr(assemble, "task_names", lambda: ("toy", "other"))
   report = lambda theta, out: reports.append(("toy", np.asarray(theta), out)) or [
       {"optimizer": "learned", "test_loss": 0.25}, {"optimizer": "adam", "test_loss": 0.5}]
-  monkeypatch.setattr(cli, "build_task", lambda name, **kw: toy_task(**kw)._replace(report=report))
-  monkeypatch.setattr(cli, "estimator_constructors", lambda: {"fake_es": fake_es, "fake_bptt": fake_bptt})
+  monkeypatch.setattr(assemble, "build_task", lambda name, **kw: toy_task(**kw)._replace(report=report))
+  monkeypatch.setattr(assemble, "estimator_constructors", lambda: {"fake_es": fake_es, "fake_bptt": fake_bptt})
   return reports
 
 
@@ -209,7 +210,7 @@ def test_console_script_errors_without_traceback(tmp_path):
                          "pes", "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines() == [
-      "unrolled-es: error: unknown task 'no_such_task'; choose one of: " + ", ".join(__import__("tasks").NAMES)]
+      "unrolled-es: error: unknown task 'no_such_task'; choose one of: " + ", ".join(__import__("unrolled_es_tasks").NAMES)]
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
@@ -278,12 +279,25 @@ def test_a_task_with_systems_of_other_shapes_trains_them_in_one_step(monkeypatch
   import unrolled_es as ue
   wide = toy_task(horizon=20)._replace(system=toy_task(horizon=12).system)
   task = toy_task(horizon=20)._replace(extra_systems=((wide.system, 3.0),))
-  monkeypatch.setattr(cli, "task_names", lambda: ("toy",))
-  monkeypatch.setattr(cli, "build_task", lambda name, **kw: task)
-  monkeypatch.setattr(cli, "estimator_constructors", lambda: {"es_single": ue.es_single})
+  monkeypatch.setattr(assemble, "task_names", lambda: ("toy",))
+  monkeypatch.setattr(assemble, "build_task", lambda name, **kw: task)
+  monkeypatch.setattr(assemble, "estimator_constructors", lambda: {"es_single": ue.es_single})
   argv = ["train", "--task", "toy", "--estimator", "es_single", "--steps", "2", "--out", str(tmp_path),
           "--no-progress", "--no-report"]
   assert cli.main(argv) == 0
   last = records(tmp_path)[-1]
   assert {"task0/loss", "task1/loss"} <= set(last)
   assert last["loss"] == pytest.approx(0.25 * last["task0/loss"] + 0.75 * last["task1/loss"], rel=1e-5)
+
+
+def test_load_theta_rebuilds_the_runs_task_from_its_config(fakes, tmp_path, monkeypatch):
+  import unrolled_es as ue
+  from unrolled_es.cli import task_registry
+  assert train(tmp_path) == 0
+  monkeypatch.setattr(task_registry, "build_task", lambda name, **kw: toy_task(**kw))
+  theta = ue.load_theta(str(tmp_path))
+  steps = [s for s, _ in ckpt.list_checkpoints(os.path.join(tmp_path, "checkpoints"))]
+  newest = ckpt.load(ckpt.checkpoint_path(os.path.join(tmp_path, "checkpoints"), steps[-1]),
+                     jnp.zeros(2), part="theta")[0]
+  assert steps[-1] == 8 and theta.shape == (2,) and np.array_equal(theta, newest)
+  assert not np.array_equal(theta, np.zeros(2))   # trained: not the task's starting θ

@@ -12,7 +12,7 @@ import pytest
 event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
 
 import unrolled_es as ue  # noqa: E402
-from unrolled_es.cli import main as cli  # noqa: E402
+from unrolled_es import cli  # noqa: E402
 from unrolled_es.training.loop import load_metrics, train  # noqa: E402
 
 

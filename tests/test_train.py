@@ -280,3 +280,18 @@ def test_train_validates_arguments(tmp_path):
                    ({"steps": 2, "resume": True}, "checkpoint_dir")]:
     with pytest.raises(ValueError, match=name):
       train(est, optax.sgd(0.1), THETA0, jax.random.key(0), progress=False, **kw)
+
+
+def test_load_theta_reads_the_saved_theta_back(reference, tmp_path):
+  import unrolled_es as ue
+  result, tmp, _ = reference
+  run_dir = os.path.join(tmp, "ckpt")   # a folder of checkpoints is read as it is; a run folder's checkpoints/ too
+  assert bits(ue.load_theta(run_dir, like=THETA0)) == bits(result.theta)
+  eight = run(str(tmp_path), steps=8)   # the run is deterministic: 8 steps again is its step-8 θ
+  assert bits(ue.load_theta(run_dir, step=8, like=THETA0)) == bits(eight.theta)
+  with pytest.raises(ValueError, match="step 4 has no checkpoint in .*; the saved steps are: 8, 10"):
+    ue.load_theta(run_dir, step=4, like=THETA0)
+  with pytest.raises(ValueError, match="holds no config.json to rebuild its task from: pass like="):
+    ue.load_theta(run_dir)
+  with pytest.raises(ckpt.CheckpointError, match="shape"):
+    ue.load_theta(run_dir, like={"w": jnp.zeros(4), "b": jnp.zeros(())})

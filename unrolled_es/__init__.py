@@ -13,6 +13,7 @@ from unrolled_es.population.deep_ga import deep_ga
 from unrolled_es.population.snes import snes
 from unrolled_es.population.base import PopulationMethod, as_estimator
 from unrolled_es.estimators.registry import options as estimator_options
+from unrolled_es.training.runs import load_theta
 from unrolled_es.noise.orthogonal import orthogonal
 from unrolled_es.options.hybrid import hybrid
 from unrolled_es.noise.guided import guided
@@ -42,6 +43,6 @@ from unrolled_es.population.int_es import int_es, saturating_steps  # noqa: E402
 
 __all__ = ["UnrolledSystem", "GradientEstimator", "evaluate", "Noise", "gaussian", "low_rank", "PerturbedMatrix",
            "linear", "materialize", "haiku_apply", "flax_apply", "nnx_model", "equinox_model", "particle_mesh", "make",
-           "multi_task", "Rule", "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "PopulationMethod", "as_estimator", "orthogonal", "hybrid", "guided",
+           "multi_task", "Rule", "rules", "horizons", "fitness", "clip_gradient", "deep_ga", "snes", "PopulationMethod", "as_estimator", "load_theta", "orthogonal", "hybrid", "guided",
            "pruning", "es_estimator", "host_system", "host_function", "register", "registered", "estimator_options", *ESTIMATORS, "ESTIMATORS", "integer", "integer_layers",
            "int_es", "saturating_steps", "train", "TrainResult", "load_metrics"]

@@ -1,4 +1,6 @@
-"""The `unrolled-es` command line: parse a run's options, assemble its estimator from them, train, and report.
+"""The `unrolled-es` command line: parse a run's options (parser), decide the run folder's identity and resume
+(run_folder), assemble the task, estimator and optimizer from the options (assemble, estimator_kwargs), train, and
+report (reports). `main` is the console script's entry point.
 
     unrolled-es list
     unrolled-es train --task control --estimator es_single --out runs/cartpole

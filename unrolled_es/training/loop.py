@@ -171,15 +171,20 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
                _Clock(run.wall, run.total),
                functools.partial(_save, checkpoint_dir, fingerprint, key, keep_checkpoints, metrics),
                _progress_bar(progress, steps, run.step, progress_desc))
+  run = _run_and_close(loop, run)
+  del metrics[run.num_records:]
+  return TrainResult(run.theta, run.opt_state, run.est_state, run.step, metrics, run.num_skipped)
+
+
+def _run_and_close(loop, run):
+  """The evaluation of the start and the outer steps; the progress bar and TensorBoard file closed however it ends."""
   try:
-    run = _run_loop(loop, _evaluate_start(loop, run))
+    return _run_loop(loop, _evaluate_start(loop, run))
   finally:
     if loop.bar is not None:
       loop.bar.close()
     if loop.recorder.tensorboard is not None:
       loop.recorder.tensorboard.close()
-  del metrics[run.num_records:]
-  return TrainResult(run.theta, run.opt_state, run.est_state, run.step, metrics, run.num_skipped)
 
 
 def _check_loop_args(steps, eval_every, log_every, checkpoint_every, resume, checkpoint_dir):
