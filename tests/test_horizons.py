@@ -93,3 +93,28 @@ def test_a_window_longer_than_the_shortest_episode_is_refused():
     ue.es_single(linear_system(8), num_particles=2, sigma=0.1, truncation_length=4, horizons=SCHEDULE)
   with pytest.raises(ValueError, match="horizons must be None or a schedule"):
     ue.es_single(linear_system(8), num_particles=2, sigma=0.1, truncation_length=2, horizons=5)
+
+
+def test_each_step_is_weighted_by_its_own_episodes_length():
+  """Truncated BPTT on l_t = (t + 1)·½‖w − y‖² is deterministic, so every particle's window is checked exactly:
+  a slot before the particle's reset is weighted E[T]/T of the old episode, a slot after it E[T]/T' of the new one
+  (T' read from the state after the window). Windows of 2 over lengths 3 … 8 put resets mid-window, where weighting
+  the new episode's steps by the old length (a mutation the unbiasedness tests above let through) fails this."""
+  system, k, n = growing_loss_system(), 2, 8
+  theta, y = {"w": jnp.array([0.2, -0.1, 0.4])}, np.array([1.0, -2.0, 0.5])
+  est = ue.truncated_bptt(system, num_particles=n, truncation_length=k, horizons=SCHEDULE, stagger=False)
+  state, estimate = est.init(jax.random.PRNGKey(0), theta), jax.jit(est.estimate)
+  mid_window_resets = 0
+  for w in range(12):
+    before = state
+    g, state, _ = estimate(jax.random.PRNGKey(w), theta, state)
+    t0, old, new = (np.asarray(x, np.float64) for x in (before.t, before.horizon, state.horizon))
+    reset_slot = old - t0
+    slots = np.arange(k)[None, :]
+    after = slots >= reset_slot[:, None]
+    step = np.where(after, slots - reset_slot[:, None], t0[:, None] + slots)
+    weight = SCHEDULE.mean / np.where(after, new[:, None], old[:, None])
+    factor = np.mean(np.mean(weight * (step + 1), axis=1))
+    np.testing.assert_allclose(np.asarray(g["w"]), factor * (np.asarray(theta["w"]) - y), rtol=2e-5)
+    mid_window_resets += int(np.sum((reset_slot > 0) & (reset_slot < k)))
+  assert mid_window_resets > 0

@@ -5,6 +5,8 @@
 so the loss must see θ through an op that XLA cannot fuse into the perturbation (an optimization_barrier or a
 matmul) for the test to mean anything.
 """
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,10 +61,18 @@ def test_narrow_theta_is_unbiased_where_float32_is(dtype, sigma, loss, estimator
 
 
 class _no_warning:
+  """Fails the test if anything inside warns about the resolution: the check must be silent when σ is at or above
+  the spacing."""
   def __enter__(self):
+    self._catcher = warnings.catch_warnings(record=True)
+    self._caught = self._catcher.__enter__()
+    warnings.simplefilter("always")
     return self
 
   def __exit__(self, *exc):
+    self._catcher.__exit__(*exc)
+    about_sigma = [w for w in self._caught if "is below the spacing" in str(w.message)]
+    assert not about_sigma, [str(w.message) for w in about_sigma]
     return False
 
 

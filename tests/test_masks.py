@@ -8,6 +8,7 @@ import pytest
 
 import unrolled_es as ue
 from systems import MATRIX_THETA, assert_unbiased, exact_window_gradients, matrix_system, run_windows
+from unrolled_es.noise import masks
 
 MASK = {"W": np.arange(12).reshape(4, 3) % 3 != 1, "b": np.array([True, False, True])}
 NOISES = {"gaussian": ue.gaussian(), "gaussian_factored": ue.gaussian(factored=True), "low_rank": ue.low_rank(1),
@@ -41,7 +42,7 @@ def test_masked_coordinates_get_zero_gradient_and_do_not_move(name, noise):
 
 @pytest.mark.parametrize("noise", NOISES)
 def test_members_never_see_a_perturbation_of_masked_coordinates(noise):
-  masked = ue.masks.masked(NOISES[noise], MASK)
+  masked = masks.masked(NOISES[noise], MASK)
   out = ue.materialize(masked.perturb(MATRIX_THETA, masked.sample(jax.random.PRNGKey(1), MATRIX_THETA), 0.5))
   for new, old, m in zip(*map(jax.tree_util.tree_leaves, (out, MATRIX_THETA, MASK))):
     np.testing.assert_array_equal(np.asarray(new)[~m], np.asarray(old)[~m])
@@ -49,7 +50,7 @@ def test_members_never_see_a_perturbation_of_masked_coordinates(noise):
 
 
 def test_a_fully_masked_leaf_costs_no_draw():
-  noise = ue.masks.masked(ue.low_rank(1), {"W": np.zeros((4, 3), bool), "b": np.ones(3, bool)})
+  noise = masks.masked(ue.low_rank(1), {"W": np.zeros((4, 3), bool), "b": np.ones(3, bool)})
   eps = noise.sample(jax.random.PRNGKey(0), MATRIX_THETA)
   assert eps["W"].size == 0 and eps["b"].shape == (3,)
   assert noise.combine(jnp.ones(2), jax.tree_util.tree_map(lambda e: jnp.stack([e, e]), eps))["W"].shape == (4, 3)
@@ -66,7 +67,8 @@ def test_the_unmasked_coordinates_stay_unbiased():
 
 
 @pytest.mark.parametrize("mask,match", [
-    ({"W": np.ones((4, 3)), "b": np.full(3, 2.0)}, "booleans or 0/1"),
+    ({"W": np.ones((4, 3)), "b": np.full(3, 2.0)}, r"mask leaf \['W'\] must hold booleans .*got dtype float64"),
+    ({"W": np.ones((4, 3), np.int32), "b": np.ones(3, bool)}, "must hold booleans .*got dtype int32"),
     ({"W": np.ones((4, 3), bool)}, "pytree structure"),
     ({"W": np.ones((3, 4), bool), "b": np.ones(3, bool)}, "has shape")])
 def test_bad_masks_are_refused_with_the_argument_named(mask, match):

@@ -27,6 +27,7 @@ from unrolled_es.core import particles
 from unrolled_es.core import rules
 from unrolled_es.core import window
 from unrolled_es.core.estimator import GradientEstimator, Settings, checked_call, settings as make_settings
+from unrolled_es.noise.base import Use
 
 
 class Outcome(NamedTuple):
@@ -160,18 +161,21 @@ def _info(s: Settings, out: Outcome):
   return gradient.info(out.losses, out.valid, out.resets, s.num_particles, s.members, s.truncation_length)
 
 
-def es_estimator(system, rule: rules.Rule, **settings) -> GradientEstimator:
-  """The GradientEstimator that runs `rule` on `system` with the shared settings (see estimator.settings):
-  num_particles, sigma, truncation_length, stagger, noise, mask, mesh, horizons, fitness, diagnostics."""
-  s = make_settings(system, members=len(rule.pairing.signs), **settings)
+def noise_use(rule: rules.Rule, s: Settings, name: str) -> Use:
+  """What the estimator `name` running `rule` guarantees a noise (see noise.base.Use)."""
   with jax.ensure_compile_time_eval():   # constructors may run inside a trace (ue.guided builds one per call)
     redraws_every_window = bool(rule.redraw(jnp.array([2]))[0])
-  if s.noise.joint is not None and not (rule.whole_episodes or redraws_every_window):
-    raise ValueError("noise drawn jointly over the population (orthogonal) needs every particle to draw at once: "
-                     "use full_es, truncated_es or pes (a new draw every window), or independent noise")
-  if s.noise.varies and not (rule.whole_episodes or (redraws_every_window and rule.weighting is rules.CURRENT_DRAW)):
-    raise ValueError("noise whose distribution changes between estimates (guided) needs every estimate to weight "
-                     "only its own draws: use full_es or truncated_es, not PES's sum or ES-Single's kept draws")
+  together = rule.whole_episodes or redraws_every_window
+  own = rule.whole_episodes or (redraws_every_window and rule.weighting is rules.CURRENT_DRAW)
+  return Use(name, draws_together=together, own_draws_only=own, masked=s.mask is not None)
+
+
+def es_estimator(system, rule: rules.Rule, *, name: str = "es_estimator", **settings) -> GradientEstimator:
+  """The GradientEstimator that runs `rule` on `system` with the shared settings (see estimator.settings):
+  num_particles, sigma, truncation_length, stagger, noise, mask, mesh, horizons, fitness, diagnostics. `name` is
+  how errors name the estimator (e.g. when its noise needs what the rule does not give)."""
+  s = make_settings(system, members=len(rule.pairing.signs), **settings)
+  s.noise.check(noise_use(rule, s, name))
 
   def init(key, theta):
     init_key, burn_key = checked_call(system, s, key, theta)

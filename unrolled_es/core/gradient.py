@@ -73,25 +73,6 @@ def info(losses, valid, resets, num_particles: int, members: int, truncation_len
           "sequential_inner_steps": jnp.asarray(truncation_length, jnp.int32)}
 
 
-def _product_leaf(a, b):
-  """The elementwise product of two draws of one leaf, in a form `noise.combine` sums: low-rank factors multiply
-  into rank r₁·r₂ factors ((a bᵀ/√r)⊙(c dᵀ/√s) = Σ (a_k c_l)(b_k d_l)ᵀ / √(rs)); anything else densely."""
-  from unrolled_es.noise.base import LowRank
-  if isinstance(a, LowRank) and isinstance(b, LowRank):
-    lead = a.a.shape[:-2]
-    fa = (a.a[..., :, None] * b.a[..., None, :]).reshape(lead + (a.a.shape[-2], -1))
-    fb = (a.b[..., :, None] * b.b[..., None, :]).reshape(lead + (a.b.shape[-2], -1))
-    return LowRank(fa, fb)
-  dense = lambda x: x.dense() if isinstance(x, LowRank) else x
-  return dense(a) * dense(b)
-
-
-def _product(x, y):
-  from unrolled_es.noise.base import LowRank
-  is_draw = lambda e: isinstance(e, LowRank)
-  return jax.tree_util.tree_map(_product_leaf, x, y, is_leaf=is_draw)
-
-
 def _ravel_sq(tree):
   return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree))
 
@@ -107,9 +88,9 @@ def diagnostics(noise, c: Coefficients, weight_pre, eps_post, grad, valid) -> di
   """
   n = jnp.sum(valid).astype(jnp.float32)
   ones = jnp.ones((1,), jnp.float32)
-  terms = [noise.combine(c.pre ** 2, _product(weight_pre, weight_pre)),
-           noise.combine(c.post ** 2, _product(eps_post, eps_post)),
-           noise.combine(2 * c.pre * c.post, _product(weight_pre, eps_post))]
+  terms = [noise.combine(c.pre ** 2, noise.multiply(weight_pre, weight_pre)),
+           noise.combine(c.post ** 2, noise.multiply(eps_post, eps_post)),
+           noise.combine(2 * c.pre * c.post, noise.multiply(weight_pre, eps_post))]
   # combine divides by the noise's scale once (gradient units); a square needs it twice.
   second = jax.tree_util.tree_map(lambda *t: sum(t), *terms)
   second = noise.combine(ones, jax.tree_util.tree_map(lambda x: x[None], second))

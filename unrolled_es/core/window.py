@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from unrolled_es.core import prng
-from unrolled_es.noise.base import PerturbedMatrix
+from unrolled_es.noise import base as noise_base
 from unrolled_es.core.particles import constrain, tree_select
 from unrolled_es.core.system import step_key
 
@@ -36,11 +36,8 @@ class Member(NamedTuple):
 
 
 def shares_weights(noise, theta) -> bool:
-  """Whether `noise.perturb` keeps some matrix shared across particles (factored noise: PerturbedMatrix)."""
-  eps = jax.eval_shape(noise.sample, jnp.zeros((2,), jnp.uint32), theta)
-  perturbed = jax.eval_shape(lambda e: noise.perturb(theta, e, 1.0), eps)
-  return any(isinstance(x, PerturbedMatrix) for x in jax.tree_util.tree_leaves(
-      perturbed, is_leaf=lambda x: isinstance(x, PerturbedMatrix)))
+  """Whether `noise.perturb` keeps some matrix shared across particles (factored noise), as the noise says."""
+  return noise_base.shares_weights(noise, theta)
 
 
 def _materialised(sample, theta, keys, change, unchanged, mesh):

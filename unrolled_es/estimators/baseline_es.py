@@ -53,7 +53,7 @@ def baseline_es(system, *, num_particles, sigma, truncation_length, stagger=True
   """
   est = es_estimator(system, RULE, num_particles=num_particles, sigma=sigma, truncation_length=truncation_length,
                      stagger=stagger, noise=noise, mask=mask, mesh=mesh, horizons=horizons, fitness=fitness,
-                     diagnostics=diagnostics)
+                     diagnostics=diagnostics, name="baseline_es")
 
   def estimate(key, theta, state):
     grad, state, info = est.estimate(key, theta, state)

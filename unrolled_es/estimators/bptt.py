@@ -38,7 +38,7 @@ def truncated_bptt(system, *, truncation_length, num_particles=1, stagger=True, 
 
 
 @register("full_bptt")
-def full_bptt(system, *, num_particles=1, mask=None, mesh=None) -> GradientEstimator:
+def full_bptt(system, *, num_particles=1, mask=None, mesh=None, diagnostics=False) -> GradientEstimator:
   """Full BPTT: autodiff through whole episodes (exact; may explode on long or chaotic unrolls).
 
   system:             the UnrolledSystem(init, step, horizon) whose unroll the estimate goes through.
@@ -51,4 +51,5 @@ def full_bptt(system, *, num_particles=1, mask=None, mesh=None) -> GradientEstim
 
   Returns GradientEstimator(init, estimate): state = init(key, θ); grad, state, info = estimate(key, θ, state).
   """
-  return autodiff_estimator(system, whole_episodes=True, num_particles=num_particles, mask=mask, mesh=mesh)
+  return autodiff_estimator(system, whole_episodes=True, num_particles=num_particles, mask=mask, mesh=mesh,
+                            diagnostics=diagnostics)

@@ -50,7 +50,7 @@ def es_single(system, *, num_particles, sigma, truncation_length, antithetic=Tru
   """
   return es_estimator(system, RULE._replace(pairing=rules.pairing_for(antithetic)), num_particles=num_particles,
                       sigma=sigma, truncation_length=truncation_length, stagger=stagger, noise=noise, mask=mask,
-                      mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics)
+                      mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics, name="es_single")
 
 
 nres = register("nres", es_single)

@@ -40,4 +40,5 @@ def full_es(system, *, num_particles, sigma, antithetic=True, noise=None, mask=N
   Returns GradientEstimator(init, estimate): state = init(key, θ); grad, state, info = estimate(key, θ, state).
   """
   return es_estimator(system, RULE._replace(pairing=rules.pairing_for(antithetic)), num_particles=num_particles,
-                      sigma=sigma, noise=noise, mask=mask, mesh=mesh, fitness=fitness, diagnostics=diagnostics)
+                      sigma=sigma, noise=noise, mask=mask, mesh=mesh, fitness=fitness, diagnostics=diagnostics,
+                      name="full_es")

@@ -66,12 +66,19 @@ def generalized_pes(system, *, num_particles, sigma, truncation_length, resample
 
   Returns GradientEstimator(init, estimate): state = init(key, θ); grad, state, info = estimate(key, θ, state).
   """
+  return _build(system, resample_every, "generalized_pes" if resample_every is None else
+                f"generalized_pes(resample_every={resample_every})", num_particles=num_particles, sigma=sigma,
+                truncation_length=truncation_length, antithetic=antithetic, stagger=stagger, noise=noise, mask=mask,
+                mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics)
+
+
+def _build(system, resample_every, name, *, truncation_length, antithetic, **settings):
+  """GPES-k's estimator, named `name` in errors."""
   check_system(system)
   k = check_int("truncation_length", truncation_length, 1, system.horizon)
   r = rule(_windows_per_draw(resample_every, k, system.horizon))
-  return es_estimator(system, r._replace(pairing=rules.pairing_for(antithetic)), num_particles=num_particles,
-                      sigma=sigma, truncation_length=k, stagger=stagger, noise=noise, mask=mask, mesh=mesh,
-                      horizons=horizons, fitness=fitness, diagnostics=diagnostics)
+  return es_estimator(system, r._replace(pairing=rules.pairing_for(antithetic)), name=name, truncation_length=k,
+                      **settings)
 
 
 @register("pes")
@@ -103,6 +110,6 @@ def pes(system, *, num_particles, sigma, truncation_length, antithetic=True, sta
 
   Returns GradientEstimator(init, estimate): state = init(key, θ); grad, state, info = estimate(key, θ, state).
   """
-  return generalized_pes(system, num_particles=num_particles, sigma=sigma, truncation_length=truncation_length,
-                         resample_every=truncation_length, antithetic=antithetic, stagger=stagger, noise=noise,
-                         mask=mask, mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics)
+  return _build(system, truncation_length, "pes", num_particles=num_particles, sigma=sigma,
+                truncation_length=truncation_length, antithetic=antithetic, stagger=stagger, noise=noise, mask=mask,
+                mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics)

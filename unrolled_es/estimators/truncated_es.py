@@ -47,4 +47,4 @@ def truncated_es(system, *, num_particles, sigma, truncation_length, antithetic=
   """
   return es_estimator(system, RULE._replace(pairing=rules.pairing_for(antithetic)), num_particles=num_particles,
                       sigma=sigma, truncation_length=truncation_length, stagger=stagger, noise=noise, mask=mask,
-                      mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics)
+                      mesh=mesh, horizons=horizons, fitness=fitness, diagnostics=diagnostics, name="truncated_es")

@@ -125,7 +125,8 @@ def _window(system, s, theta, p, key, active=None):
 
 
 @register("uoro")
-def uoro(system, *, truncation_length, num_particles=1, stagger=True, mask=None, mesh=None) -> GradientEstimator:
+def uoro(system, *, truncation_length, num_particles=1, stagger=True, mask=None, mesh=None,
+         diagnostics=False) -> GradientEstimator:
   """UORO (Tallec & Ollivier 2018): forward-mode rank-one tracking of ∂s/∂θ (unbiased; differentiable steps).
 
   system:             the UnrolledSystem(init, step, horizon) whose unroll the estimate goes through.
@@ -142,7 +143,7 @@ def uoro(system, *, truncation_length, num_particles=1, stagger=True, mask=None,
   Returns GradientEstimator(init, estimate): state = init(key, θ); grad, state, info = estimate(key, θ, state).
   """
   s = make_settings(system, members=1, num_particles=num_particles, truncation_length=truncation_length,
-                    stagger=stagger, mask=mask, mesh=mesh)
+                    stagger=stagger, mask=mask, mesh=mesh, diagnostics=diagnostics)
 
   def init(key, theta):
     init_key, burn_key = checked_call(system, s, key, theta)
@@ -158,7 +159,9 @@ def uoro(system, *, truncation_length, num_particles=1, stagger=True, mask=None,
   def estimate(key, theta, state):
     checked_call(system, s, key, theta)
     state, out = _window(system, s, theta, state, key)
-    grad = gradient.mean_gradient(out.weight, out.valid, theta, s.mask)
-    return grad, state, _info(s, out)
+    grad, info = gradient.mean_gradient(out.weight, out.valid, theta, s.mask), _info(s, out)
+    if s.diagnostics:   # the estimate is a mean of per-particle gradients, as BPTT's
+      info = dict(info, **gradient.sample_diagnostics(out.weight, out.valid, grad))
+    return grad, state, info
 
   return GradientEstimator(init=init, estimate=estimate)

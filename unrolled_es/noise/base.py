@@ -34,15 +34,61 @@ from unrolled_es.core.prng import draw_blocks
 from unrolled_es.core.system import check_bool, check_int
 
 
+class Use(NamedTuple):
+  """How an estimator or wrapper uses a noise, for `Noise.check`: `user` is named in errors; the flags say which
+  guarantees it gives the noise."""
+  user: str
+  draws_together: bool = True    # every particle draws at once, in every estimate (nothing drawn at a lone reset)
+  own_draws_only: bool = True    # each estimate weights only the draws made for it (no sum ξ, no draw kept)
+  masked: bool = False           # coordinates outside a mask are zeroed in every draw
+
+
+# What a noise may need of its user (`Noise.needs`), and the words an error gives for it.
+NEEDS = {
+    "draws_together": ("every particle to draw at once in every estimate (full_es, truncated_es, pes)",
+                       lambda use: use.draws_together),
+    "own_draws_only": ("each estimate to weight only its own draws (full_es, truncated_es)",
+                       lambda use: use.own_draws_only),
+    "unmasked": ("every coordinate of θ (no mask)", lambda use: not use.masked),
+}
+
+
 class Noise(NamedTuple):
+  """Four pure functions over a draw (see the module docstring), and what the noise declares about itself:
+
+  name      how errors name it, e.g. "orthogonal(low_rank(2))"
+  needs     the guarantees it needs of its user (keys of NEEDS), checked by `check` when an estimator is built
+  compact   a draw is far smaller than θ (low-rank factors): cheap enough to keep between windows
+  leafwise  every function works leaf by leaf, on any sub-pytree of θ (a mask then draws only the live leaves)
+  joint     (draws [N, ...], key) -> draws: a transform of a whole population's draws, or None
+  unit      (draws [N, ...], inverse) -> the draws in coordinates where their covariance is I (inverse: back), or
+            None when the noise has no such fixed map (its covariance changes between estimates)
+  """
   sample: Callable[[jax.Array, Any], Any]
   perturb: Callable[..., Any]
   combine: Callable[[jax.Array, Any], Any]
   dense: Callable[[Any], Any]
-  compact: bool = False   # a draw is far smaller than θ (low-rank factors): cheap enough to keep between windows
-  leafwise: bool = True   # every function works leaf by leaf, on any sub-pytree of θ (masks draw only live leaves)
-  joint: Callable | None = None   # (draws [N, ...], key) -> draws: a transform of a whole population's draws
-  varies: bool = False   # the distribution changes between estimates (guided): no estimate may mix calls' draws
+  name: str = "noise"
+  needs: frozenset = frozenset()
+  compact: bool = False
+  leafwise: bool = True
+  joint: Callable | None = None
+  unit: Callable | None = None
+
+  def check(self, use: Use) -> None:
+    """Raises a ValueError naming this noise and `use.user` when the user lacks a guarantee the noise needs."""
+    for need in sorted(self.needs):
+      reason, given = NEEDS[need]
+      if not given(use):
+        raise ValueError(f"noise {self.name} cannot be used with {use.user}: it needs {reason}")
+
+  def multiply(self, x, y):
+    """The elementwise product of two batches of draws [N, ...], in a form `combine` sums (diagnostics)."""
+    return jax.tree_util.tree_map(_product_leaf, x, y, is_leaf=_is_factors)
+
+
+def _identity_unit(batch, inverse=False):
+  return batch
 
 
 def _perturb_leaves(perturb_leaf, theta, eps, scale, key):
@@ -102,7 +148,15 @@ def gaussian(factored: bool = False, scale=None) -> Noise:
     return jax.tree_util.tree_unflatten(treedef, [t / jnp.square(s) for t, s in zip(
         jax.tree_util.tree_leaves(total), _scale_leaves(scales, treedef))])
 
-  return Noise(sample=sample, perturb=perturb, combine=combine, dense=lambda eps: eps, leafwise=scales is None)
+  def unit(batch, inverse=False):
+    """Draws s⊙ε [N, ...] to ε (inverse: back): orthogonal directions are built for ε, then scaled."""
+    treedef = jax.tree_util.tree_structure(batch)
+    return jax.tree_util.tree_unflatten(treedef, [e * s if inverse else e / s for e, s in zip(
+        jax.tree_util.tree_leaves(batch), _scale_leaves(scales, treedef))])
+
+  name = "gaussian(" + ", ".join((["factored=True"] if factored else []) + (["scale=..."] if scales is not None else [])) + ")"
+  return Noise(sample=sample, perturb=perturb, combine=combine, dense=lambda eps: eps, name=name,
+               leafwise=scales is None, unit=_identity_unit if scales is None else unit)
 
 
 def _check_scale(scale):
@@ -243,4 +297,29 @@ def low_rank(rank: int = 1, factored: bool = False) -> Noise:
     return jax.tree_util.tree_map(lambda e: _combine_low_rank_leaf(coeffs, e), batch,
                                   is_leaf=lambda e: isinstance(e, LowRank))
 
-  return Noise(sample=sample, perturb=perturb, combine=combine, dense=dense, compact=True)
+  name = f"low_rank({rank}{', factored=True' if factored else ''})"
+  return Noise(sample=sample, perturb=perturb, combine=combine, dense=dense, name=name, compact=True,
+               unit=_identity_unit)
+
+
+def _is_factors(e):
+  return isinstance(e, LowRank)
+
+
+def _product_leaf(a, b):
+  """The elementwise product of two draws of one leaf, in a form `combine` sums: low-rank factors multiply into
+  rank r₁·r₂ factors ((a bᵀ/√r)⊙(c dᵀ/√s) = Σ (a_k c_l)(b_k d_l)ᵀ / √(rs)); anything else densely."""
+  if isinstance(a, LowRank) and isinstance(b, LowRank):
+    lead = a.a.shape[:-2]
+    fa = (a.a[..., :, None] * b.a[..., None, :]).reshape(lead + (a.a.shape[-2], -1))
+    fb = (a.b[..., :, None] * b.b[..., None, :]).reshape(lead + (a.b.shape[-2], -1))
+    return LowRank(fa, fb)
+  return _dense_leaf(a) * _dense_leaf(b)
+
+
+def shares_weights(noise: Noise, theta) -> bool:
+  """Whether `noise.perturb` keeps some matrix shared across particles (factored noise: PerturbedMatrix leaves)."""
+  eps = jax.eval_shape(noise.sample, jnp.zeros((2,), jnp.uint32), theta)
+  perturbed = jax.eval_shape(lambda e: noise.perturb(theta, e, 1.0), eps)
+  is_matrix = lambda x: isinstance(x, PerturbedMatrix)
+  return any(is_matrix(x) for x in jax.tree_util.tree_leaves(perturbed, is_leaf=is_matrix))

@@ -24,15 +24,19 @@ helps, when few particles must find a good direction in many dimensions.
 
 Σ changes between estimates, so draws from different calls must never be mixed: Guided ES applies to estimators
 whose every estimate weights only its own draws — full ES (whole episodes) and truncated ES (a fresh draw every
-window) — and is refused by PES (its sum ξ spans windows) and ES-Single (a particle keeps its draw for an episode).
+window) — and is refused when built by PES (its sum ξ spans windows) and ES-Single (a particle keeps its draw for an
+episode). With a mask, the draws, U and n are those of the trained coordinates: masking a draw of the full Σ after
+the fact would leave a covariance that Σ⁻¹ does not invert (biased).
 """
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unrolled_es.core.estimator import GradientEstimator
 from unrolled_es.noise.base import Noise, gaussian, weighted_sum
+from unrolled_es.noise.masks import check_mask
 from unrolled_es.noise.orthogonal import gram_schmidt
 from unrolled_es.core.prng import cut, raw_key, standard_normal
 
@@ -50,16 +54,20 @@ def _unflat(vector, like):
   return jax.tree_util.tree_unflatten(treedef, cut(vector, [jnp.shape(x) for x in leaves]))
 
 
-def guided_noise(basis, alpha: float, unbiased: bool, factored: bool = False) -> Noise:
+def guided_noise(basis, alpha: float, unbiased: bool, factored: bool = False, live=None) -> Noise:
   """Gaussian noise with covariance α I + (1 − α)(n/k) U Uᵀ for the orthonormal `basis` U [n, k] (see the module
-  docstring); `unbiased` whitens the combined estimate by Σ⁻¹."""
+  docstring); `unbiased` whitens the combined estimate by Σ⁻¹. `live` [n] bool: the coordinates a mask trains;
+  draws are zero elsewhere, U must be too, and n counts the live coordinates only, so Σ⁻¹ is the inverse of the
+  draws' covariance on them."""
   n, k = basis.shape
-  along = math.sqrt((1.0 - alpha) * n / k)
+  size = n if live is None else int(np.sum(live))
+  along = math.sqrt((1.0 - alpha) * size / k)
   plain = gaussian(factored=factored)
 
   def sample(key, theta):
     normals = standard_normal(key, n + k)
-    return _unflat(math.sqrt(alpha) * normals[:n] + along * (basis @ normals[n:]), theta)
+    iso = normals[:n] if live is None else jnp.where(live, normals[:n], 0.0)
+    return _unflat(math.sqrt(alpha) * iso + along * (basis @ normals[n:]), theta)
 
   def combine(coeffs, batch):
     total = weighted_sum(coeffs, batch)
@@ -69,8 +77,9 @@ def guided_noise(basis, alpha: float, unbiased: bool, factored: bool = False) ->
     inside = basis @ (basis.T @ v)
     return _unflat((v - inside) / alpha + inside / (alpha + along ** 2), total)
 
+  needs = frozenset({"own_draws_only"} | ({"unmasked"} if live is None else set()))
   return Noise(sample=sample, perturb=plain.perturb, combine=combine, dense=lambda eps: eps, leafwise=False,
-               varies=True)
+               name=f"guided(alpha={alpha}, unbiased={unbiased})", needs=needs)
 
 
 def _basis(directions):
@@ -91,25 +100,42 @@ def _checked(subspace, alpha, unbiased, surrogate):
     raise ValueError(f"surrogate must be None or a GradientEstimator; got {type(surrogate).__name__}")
 
 
+def _live(settings):
+  """The flat [n] bool of the coordinates a `mask` in the settings trains (None: all)."""
+  mask = check_mask(settings.get("mask"))
+  return None if mask is None else np.concatenate([np.ravel(m) for m in jax.tree_util.tree_leaves(mask)])
+
+
+def _check_settings(subspace, unbiased, settings):
+  if "noise" in settings:
+    raise ValueError("noise cannot be combined with guided: guided draws its own noise (its covariance follows the "
+                     "guiding subspace)")
+  if unbiased and settings.get("diagnostics"):
+    raise ValueError("diagnostics=True with unbiased=True is not supported: the whitened estimate's per-coordinate "
+                     "variance is not a sum of per-coordinate squares")
+
+
 def guided(constructor, system, *, subspace: int = 1, alpha: float = 0.5, unbiased: bool = False,
            surrogate: GradientEstimator | None = None, factored: bool = False, **settings) -> GradientEstimator:
   """Guided ES around `constructor(system, noise=..., **settings)` (ue.full_es or ue.truncated_es): draws from
   α I + (1 − α)(n/k) U Uᵀ, U spanning the last `subspace` = k estimates of `surrogate` (taken at the current θ before
-  each draw) or, without one, of this estimator itself. `unbiased`: whiten by Σ⁻¹ (see the module docstring)."""
+  each draw) or, without one, of this estimator itself. `unbiased`: whiten by Σ⁻¹ (see the module docstring). With
+  a `mask`, n and U are those of the trained coordinates, so the whitening stays exact there."""
   _checked(subspace, alpha, unbiased, surrogate)
-  if unbiased and settings.get("diagnostics"):
-    raise ValueError("diagnostics=True with unbiased=True is not supported: the whitened estimate's per-coordinate "
-                     "variance is not a sum of per-coordinate squares")
-  alpha = float(alpha)
-  build = lambda basis: constructor(system, noise=guided_noise(basis, alpha, unbiased, factored), **settings)
+  _check_settings(subspace, unbiased, settings)
+  alpha, live = float(alpha), _live(settings)
+  restrict = (lambda d: d) if live is None else (lambda d: d * jnp.asarray(live, d.dtype))
+  build = lambda directions: constructor(system, noise=guided_noise(_basis(restrict(directions)), alpha, unbiased,
+                                                                    factored, live), **settings)
+  build(jnp.zeros((subspace, subspace if live is None else live.size), jnp.float32))  # refuses what it must, now
 
   def init(key, theta):
-    n = sum(_sizes(theta))
+    n = sum(_sizes(theta)) if live is None else int(live.sum())
     if subspace > n:
-      raise ValueError(f"subspace must be at most theta's size {n}; got {subspace}")
+      raise ValueError(f"subspace must be at most the number of trained coordinates of theta, {n}; got {subspace}")
     k_inner, k_surrogate = jax.random.split(raw_key(key))
-    directions = jnp.zeros((subspace, n), jnp.float32)
-    inner = build(_basis(directions)).init(k_inner, theta)
+    directions = jnp.zeros((subspace, sum(_sizes(theta))), jnp.float32)
+    inner = build(directions).init(k_inner, theta)
     aux = () if surrogate is None else surrogate.init(k_surrogate, theta)
     return inner, aux, directions
 
@@ -120,7 +146,7 @@ def guided(constructor, system, *, subspace: int = 1, alpha: float = 0.5, unbias
     if surrogate is not None:
       g_surrogate, aux, _ = surrogate.estimate(k_surrogate, theta, aux)
       directions = _push(directions, _flat(g_surrogate))
-    grad, inner, info = build(_basis(directions)).estimate(k_inner, theta, inner)
+    grad, inner, info = build(directions).estimate(k_inner, theta, inner)
     if surrogate is not None:
       extra["surrogate_cosine"] = _cosine(_flat(grad), directions[0])
     else:

@@ -1,6 +1,7 @@
 """Masks: coordinates of θ that ES never perturbs and that get exactly zero gradient.
 
-A mask is a θ-shaped pytree of booleans (or 0/1 values): True where θ is trained. `masked(noise, mask)` is the
+A mask is a θ-shaped pytree of booleans (bool arrays; numbers are refused, so that a float mask of weights or an
+integer index array is not mistaken for one): True where θ is trained. `masked(noise, mask)` is the
 noise restricted to those coordinates: a leaf that is entirely masked costs no draw at all, and a partly masked
 leaf gets its draw multiplied by the mask. The estimate's coordinates outside the mask are then exactly zero, so
 an optax update (without weight decay) leaves them where they are. Uses: sparse ES and lottery tickets (Lange &
@@ -13,13 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unrolled_es.noise.base import LowRank, Noise
+from unrolled_es.noise.base import LowRank, Noise, Use
 
 _OFF, _ON, _PARTIAL = "off", "on", "partial"
 
 
 def check_mask(mask):
-  """None, or a pytree of concrete arrays of booleans or 0/1 values; returned as numpy booleans."""
+  """None, or a pytree of concrete boolean arrays; returned as numpy booleans."""
   if mask is None:
     return None
   leaves, treedef = jax.tree_util.tree_flatten(mask)
@@ -29,8 +30,8 @@ def check_mask(mask):
     if isinstance(leaf, jax.core.Tracer):
       raise ValueError(f"mask leaf {where} must be a concrete array (built outside jit), not a traced value")
     a = np.asarray(leaf)
-    if a.dtype != bool and not np.all((a == 0) | (a == 1)):
-      raise ValueError(f"mask leaf {where} must hold booleans or 0/1 values; got values {np.unique(a)[:5]}")
+    if a.dtype != bool:
+      raise ValueError(f"mask leaf {where} must hold booleans (True where θ is trained); got dtype {a.dtype}")
     out.append(a.astype(bool))
   if not out:
     raise ValueError("mask must be None or a θ-shaped pytree of booleans; got a pytree with no leaves")
@@ -56,9 +57,7 @@ def apply_mask(tree, mask):
 
 def masked(noise: Noise, mask) -> Noise:
   """`noise` restricted to the coordinates where `mask` is True (see the module docstring)."""
-  if noise.joint is not None:
-    raise ValueError("mask and noise drawn jointly over the population (orthogonal) cannot be combined: "
-                     "orthogonalising a masked draw would perturb masked coordinates")
+  noise.check(Use("mask=", masked=True))
   if not noise.leafwise:
     return _masked_whole(noise, mask)
   leaves, treedef = jax.tree_util.tree_flatten(mask)
@@ -98,8 +97,8 @@ def masked(noise: Noise, mask) -> Noise:
   def dense(eps):
     return spread(noise.dense(pick(eps_leaves(eps))), lambda i: jnp.zeros(leaves[i].shape, jnp.float32))
 
-  return Noise(sample=sample, perturb=perturb, combine=combine, dense=dense,
-               compact=noise.compact and _PARTIAL not in kinds)
+  return noise._replace(sample=sample, perturb=perturb, combine=combine, dense=dense, unit=None,
+                        name=f"{noise.name} under a mask", compact=noise.compact and _PARTIAL not in kinds)
 
 
 def _masked_whole(noise: Noise, mask) -> Noise:
@@ -110,7 +109,7 @@ def _masked_whole(noise: Noise, mask) -> Noise:
   def combine(coeffs, batch):
     return apply_mask(noise.combine(coeffs, batch), mask)
 
-  return noise._replace(sample=sample, combine=combine, compact=False)
+  return noise._replace(sample=sample, combine=combine, compact=False, unit=None, name=f"{noise.name} under a mask")
 
 
 def _scatter(values, flat_index, shape):

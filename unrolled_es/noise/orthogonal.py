@@ -9,8 +9,12 @@ N is comparable to d). For low-rank noise the factors are orthogonalised instead
 particles, and the b's), which makes the particles' a bᵀ orthogonal in the Frobenius sense.
 
 Orthogonality couples the particles' draws, so it applies where every particle draws at once: estimators that
-redraw each window (PES, truncated ES) or run whole episodes (full ES). Draws at a particle's own reset (ES-Single,
-and the new episodes of a window with mid-window resets) stay independent.
+redraw each window (PES, truncated ES) or run whole episodes (full ES); others (ES-Single, GPES-k with k > K) are
+refused when built. Draws at a particle's own reset (the new episodes of a window with mid-window resets) stay
+independent. A noise with per-coordinate scales s (draws s⊙ε) is orthogonalised in ε and scaled afterwards: rebuilding
+the rows s⊙ε themselves would give them the radii of unit-variance vectors, which the estimate's division by s² does
+not expect: a bias. Masks are refused: a masked draw's rows live in
+fewer dimensions than the radii assume.
 """
 import jax
 import jax.numpy as jnp
@@ -51,6 +55,7 @@ def orthogonal_rows(x, key):
 
 
 def _orthogonalise(batch, key):
+  """Every leaf's draws [N, ...] orthogonal across the particles (low-rank factors: each factor's columns)."""
   leaves, treedef = jax.tree_util.tree_flatten(batch, is_leaf=lambda e: isinstance(e, LowRank))
   keys = jax.random.split(key, 2 * len(leaves))
   out = []
@@ -68,8 +73,27 @@ def _orthogonal_factor(f, key):
   return jnp.stack(cols, -1)
 
 
-def orthogonal(noise: Noise) -> Noise:
-  """`noise` whose draws for a population are orthogonal (see the module docstring)."""
+def _check_wrapped(noise):
   if not isinstance(noise, Noise):
-    raise ValueError(f"noise must be an unrolled_es noise (gaussian() or low_rank(rank)); got {noise!r}")
-  return noise._replace(joint=_orthogonalise)
+    raise ValueError(f"noise must be an unrolled_es noise (gaussian(...) or low_rank(...)); got {noise!r}")
+  if noise.joint is not None:
+    raise ValueError(f"orthogonal cannot wrap noise {noise.name}: its population's draws are already transformed "
+                     f"jointly")
+  if noise.unit is None:
+    raise ValueError(f"orthogonal cannot wrap noise {noise.name}: it has no fixed coordinates in which its "
+                     f"covariance is I (guided or masked noise) to orthogonalise in")
+
+
+def orthogonal(noise: Noise) -> Noise:
+  """`noise` whose draws for a population are orthogonal (see the module docstring).
+
+  The directions are orthogonalised in the wrapped noise's unit coordinates (where its covariance is I: ε, not
+  s⊙ε for per-coordinate scales) and mapped back, so every draw keeps the wrapped noise's distribution. The result
+  needs every particle to draw at once and all of θ (a mask would leave masked coordinates in the directions)."""
+  _check_wrapped(noise)
+
+  def joint(batch, key):
+    return noise.unit(_orthogonalise(noise.unit(batch), key), inverse=True)
+
+  return noise._replace(joint=joint, name=f"orthogonal({noise.name})",
+                        needs=noise.needs | {"draws_together", "unmasked"})

@@ -25,8 +25,12 @@ from unrolled_es.core.prng import raw_key
 
 def _check(estimators, weights):
   estimators = tuple(estimators) if isinstance(estimators, (list, tuple)) else None
-  if not estimators or not all(isinstance(e, GradientEstimator) for e in estimators):
+  if not estimators:
     raise ValueError("estimators must be a non-empty list of GradientEstimator (e.g. one ue.es_single per system)")
+  wrong = [f"{type(e).__name__} at {i}" for i, e in enumerate(estimators) if not isinstance(e, GradientEstimator)]
+  if wrong:
+    raise ValueError(f"estimators must be a non-empty list of GradientEstimator (e.g. one ue.es_single per system); "
+                     f"got {', '.join(wrong)}")
   if weights is None:
     return estimators, np.full(len(estimators), 1.0 / len(estimators))
   w = np.asarray(weights, np.float64)
