@@ -72,3 +72,25 @@ def write_json_atomic(result, path):
   with open(tmp, "w") as f:
     json.dump(result, f, indent=1)
   os.replace(tmp, path)
+
+
+def threaded_estimate(estimate, key, theta, state):
+  """A zero-argument call of `estimate` (compiled with the state donated: `jax.jit(est.estimate,
+  donate_argnums=2)`, as a training loop runs it) that threads the state from call to call, so no call copies
+  the particles' state and each call is the next window. Returns (call, holder); holder["state"] is the latest."""
+  holder = {"state": state}
+
+  def call():
+    grad, holder["state"], info = estimate(key, theta, holder["state"])
+    return grad, info
+  return call, holder
+
+
+def threaded_bare(bare, theta, states, key):
+  """The same for a bare unroll `bare(theta, states, key) -> (final states, loss)` (donated states)."""
+  holder = {"states": states}
+
+  def call():
+    holder["states"], loss = bare(theta, holder["states"], key)
+    return loss
+  return call

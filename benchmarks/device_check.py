@@ -8,6 +8,7 @@ Three sections, written to one JSON file (device_check.json, or device_check_qui
              bare unroll of the same 2N members (benchmarks/throughput.py's recurrent layer h ← tanh(hW + x_t U),
              θ shared, no keys), at widths 1024–4096 and N up to 2¹⁶, in bfloat16; per cell the median of paired
              rounds of (estimate, bare), the ratio's median over rounds, the bare unroll's TFLOP/s, compile seconds;
+             both compiled with their state donated and threaded from call to call, as a training loop runs them;
   int8       the integer character LM's forward pass (unrolled_es_tasks.int_lm: int8 weights and activations,
              int32 accumulation) against its float32 twin (unrolled_es_tasks.char_lm), tokens per second, paired;
   million    10⁶ particles of factored rank-1 ES-Single on the recurrent layer and on the LSTM task rnn_char:
@@ -29,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import unrolled_es as ue
-from benchmarks.common import median_ratio, paired_rounds, preset_arguments, write_json_atomic
+from benchmarks.common import (median_ratio, paired_rounds, preset_arguments, threaded_bare, threaded_estimate,
+                               write_json_atomic)
 from benchmarks.throughput import SIGMA, bare_unroll, rnn_system
 
 K, INPUTS = 10, 64
@@ -53,10 +55,11 @@ def bare_flops(width, rows, members):
   return 2.0 * K * members * rows * (width * width + INPUTS * width + width)
 
 
-def compiled(fn, *args):
-  """(the jitted function, its compile seconds): lowered and compiled ahead of the timed calls."""
+def compiled(fn, *args, donate=()):
+  """(the jitted function, its compile seconds): lowered and compiled ahead of the timed calls; `donate`: the
+  argument numbers whose buffers it may reuse (a threaded state, as a training loop runs an estimate)."""
   start = time.perf_counter()
-  exe = jax.jit(fn).lower(*args).compile()
+  exe = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
   return exe, time.perf_counter() - start
 
 
@@ -68,19 +71,14 @@ def factored_estimate(system, theta, n, seed=1):
   start = time.perf_counter()
   state = jax.block_until_ready(jax.jit(est.init)(key, theta))
   init_s = time.perf_counter() - start
-  estimate, compile_s = compiled(est.estimate, key, theta, state)
-  holder = {"state": state, "out": None}
-
-  def call():
-    grad, holder["state"], info = estimate(key, theta, holder["state"])
-    holder["out"] = (grad, info)
-    return grad, info
+  estimate, compile_s = compiled(est.estimate, key, theta, state, donate=(2,))
+  call, holder = threaded_estimate(estimate, key, theta, state)
   return call, init_s, compile_s, holder
 
 
-def checked(holder, n):
-  """What a timed estimate's last output says: every particle valid and the gradient finite."""
-  grad, info = holder["out"]
+def checked(call, n):
+  """What one more estimate says: every particle valid and the gradient finite."""
+  grad, info = call()
   finite = all(bool(jnp.all(jnp.isfinite(g.astype(jnp.float32)))) for g in jax.tree_util.tree_leaves(grad))
   return {"num_valid": int(info["num_valid"]), "all_valid": int(info["num_valid"]) == n, "gradient_finite": finite}
 
@@ -88,16 +86,16 @@ def checked(holder, n):
 def versus_bare(system, theta, n, rounds):
   """Paired rounds of one estimate and the bare unroll of the same 2N members; their medians and ratio."""
   call, init_s, compile_s, holder = factored_estimate(system, theta, n)
-  bare, states = bare_unroll(system, 2 * n, K)
-  key = jax.random.PRNGKey(0)
+  bare, states = bare_unroll(system, 2 * n, K, donate=True)
+  bare_call = threaded_bare(bare, theta, states, jax.random.PRNGKey(0))
   start = time.perf_counter()
-  jax.block_until_ready(bare(theta, states, key))
+  jax.block_until_ready(bare_call())
   bare_compile_s = time.perf_counter() - start
-  times = paired_rounds({"estimate": call, "bare": lambda: bare(theta, states, key)}, rounds)
+  times = paired_rounds({"estimate": call, "bare": bare_call}, rounds)
   out = {"estimate_ms": 1e3 * float(np.median(times["estimate"])), "bare_ms": 1e3 * float(np.median(times["bare"])),
          "ratio_to_bare": median_ratio(times, "estimate", "bare"), "init_s": init_s,
          "estimate_compile_s": compile_s, "bare_compile_and_first_call_s": bare_compile_s}
-  return dict(out, **checked(holder, n), particle_steps_per_s=n * K / (out["estimate_ms"] / 1e3))
+  return dict(out, **checked(call, n), particle_steps_per_s=n * K / (out["estimate_ms"] / 1e3))
 
 
 def factored_cell(spec, width, n, rows):

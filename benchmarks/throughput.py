@@ -7,7 +7,8 @@ mean((h v − y)²); θ = {W (w×w), U (d×w), v (w)}; W and U go through `unrol
 low-rank noise applies as hW + σ/√r·(ha)bᵀ (EGGROLL, Sarkar et al. 2025). T = 10·K, K = 10.
 
 For every width w and particle count N, interleaved repeats (one call of each configuration in turn, blocking
-on the result; compiled beforehand, median reported) of:
+on the result; compiled beforehand, median reported; "× bare" is the median over rounds of the per-round ratio)
+of these, each compiled with its state donated and threaded from call to call, as a training loop runs it:
   * bare:  a vmapped K-step scan of the same step over N·M members (M = 2 antithetic members) with the
            unperturbed θ shared: the ceiling, since hW is then one GEMM for all members. Its step draws no random
            numbers (the inputs x_t come from a fixed table indexed by the step counter in the state), so every
@@ -36,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import unrolled_es as ue
-from benchmarks.common import median_time
+from unrolled_es.noise import masks
+from benchmarks.common import median_ratio, median_time, paired_rounds, threaded_bare, threaded_estimate
 
 ESTIMATORS = ("es_single", "pes", "truncated_es")
 NOISES = {"gaussian": lambda: ue.gaussian(), "gaussian_factored": lambda: ue.gaussian(factored=True),
@@ -98,15 +100,16 @@ def rnn_system(width, rows, inputs, k, dtype):
   return ue.UnrolledSystem(init, step, horizon), theta
 
 
-def bare_unroll(system, members, k):
-  """A vmapped K-step scan over `members` members with the unperturbed θ: the estimate's ceiling."""
+def bare_unroll(system, members, k, donate=False):
+  """A vmapped K-step scan over `members` members with the unperturbed θ: the estimate's ceiling. With `donate`,
+  the states' buffers are donated (thread the returned final states into the next call, as estimates do)."""
   def run(theta, states, key):
     def one(state):
       return jax.lax.scan(lambda s, t: system.step(theta, s, key), state, jnp.arange(k))
     final, losses = jax.vmap(one)(states)
     return final, jnp.mean(losses)
   states = jax.vmap(system.init, (0, None))(jax.random.split(jax.random.PRNGKey(0), members), None)
-  return jax.jit(run), states
+  return jax.jit(run, donate_argnums=(1,) if donate else ()), states
 
 
 def nbytes(tree):
@@ -147,7 +150,7 @@ def draw_costs(spec, log):
     for n in spec["particles"]:
       keys = jax.random.split(jax.random.PRNGKey(0), n)
       times = {}
-      sparse = ue.masks.masked(ue.gaussian(), sparse_mask(theta, SPARSE["gaussian_sparse90"]))
+      sparse = masks.masked(ue.gaussian(), sparse_mask(theta, SPARSE["gaussian_sparse90"]))
       for label, noise in (("dense", ue.gaussian()), ("sparse90", sparse)):
         draw = jax.jit(lambda k, noise=noise: sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(
             jax.vmap(noise.sample, (0, None))(k, theta))))
@@ -178,13 +181,14 @@ def measure_group(width, n, spec, log):
   if spec["peers"]:
     configs += [(peer, "gaussian") for peer in PEERS]
   runners, rows = {}, {}
-  bare, states = bare_unroll(system, 2 * n, k)
-  jax.block_until_ready(bare(theta, states, key))
-  runners["bare"] = lambda: bare(theta, states, key)
+  bare, states = bare_unroll(system, 2 * n, k, donate=True)
+  runners["bare"] = threaded_bare(bare, theta, states, key)
+  jax.block_until_ready(runners["bare"]())
   for name, noise in configs:
     try:
       est = make(name, noise, system, n, k, theta)
-      init, estimate = jax.jit(est.init), jax.jit(est.estimate)
+      # The state is donated, as a training loop would (nothing copies the particles between calls).
+      init, estimate = jax.jit(est.init), jax.jit(est.estimate, donate_argnums=(2,))
       shapes = jax.eval_shape(init, key, theta)
       holder = {"state": jax.block_until_ready(init(key, theta))}
       for _ in range(2):   # twice: a state whose dtypes change after one call (evosax with bf16 θ) recompiles once
@@ -213,7 +217,7 @@ def measure_group(width, n, spec, log):
     row = dict(width=width, particles=n, estimator=name, noise=noise, **extra)
     if (name, noise) in times:
       t = float(np.median(times[(name, noise)]))
-      row.update(seconds=t, ratio_to_bare=t / t_bare, particle_steps_per_s=n * k / t,
+      row.update(seconds=t, ratio_to_bare=median_ratio(times, (name, noise), "bare"), particle_steps_per_s=n * k / t,
                  member_steps_per_s=2 * n * k / t)
       if name in PEERS:   # the same Gaussian noise: formed θ ± σε (any system), and applied in factors
         for noise_name, field in (("gaussian", "ours_over_peer"), ("gaussian_factored", "factored_over_peer")):
@@ -247,23 +251,20 @@ def big_run(spec, b, log):
   system, theta = big_model(b, spec)
   est = ue.es_single(system, num_particles=n, sigma=SIGMA, truncation_length=k,
                      noise=ue.low_rank(1, factored=True), stagger=False)
-  init, estimate = jax.jit(est.init), jax.jit(est.estimate)
+  init, estimate = jax.jit(est.init), jax.jit(est.estimate, donate_argnums=(2,))
   state = jax.block_until_ready(init(key, theta))
-  bare, states = bare_unroll(system, 2 * n, k)
-  jax.block_until_ready((estimate(key, theta, state), bare(theta, states, key)))
-  t_est, t_bare = [], []
-  for _ in range(max(3, spec["reps"] // 2)):
-    t0 = time.perf_counter()
-    g, state, info = jax.block_until_ready(estimate(key, theta, state))
-    t_est.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    jax.block_until_ready(bare(theta, states, key))
-    t_bare.append(time.perf_counter() - t0)
-  t, tb = float(np.median(t_est)), float(np.median(t_bare))
+  bare, states = bare_unroll(system, 2 * n, k, donate=True)
+  call, holder = threaded_estimate(estimate, key, theta, state)
+  times = paired_rounds({"estimate": call, "bare": threaded_bare(bare, theta, states, key)},
+                        max(3, spec["reps"] // 2))
+  g, info = call()
+  state = holder["state"]
+  t, tb = float(np.median(times["estimate"])), float(np.median(times["bare"]))
   finite = bool(all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree_util.tree_leaves(g)))
-  log(f"  big run: {b}: {t * 1e3:.2f} ms per estimate, {t / tb:.2f}x bare, {int(info['num_valid'])} valid")
+  log(f"  big run: {b}: {t * 1e3:.2f} ms per estimate, {median_ratio(times, 'estimate', 'bare'):.2f}x bare, "
+      f"{int(info['num_valid'])} valid")
   return dict(b, estimator="es_single", noise="low_rank1_factored", seconds=t, bare_seconds=tb,
-              ratio_to_bare=t / tb, particle_steps_per_s=n * k / t, member_steps_per_s=2 * n * k / t,
+              ratio_to_bare=median_ratio(times, "estimate", "bare"), particle_steps_per_s=n * k / t, member_steps_per_s=2 * n * k / t,
               gradient_finite=finite, num_valid=int(info["num_valid"]),
               state_bytes_per_particle=state_bytes_per_particle(state, n), **peak_memory())
 
