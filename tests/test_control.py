@@ -16,6 +16,7 @@ from unrolled_es_tasks.control import control  # noqa: E402
 from unrolled_es_tasks.control_envs import ControlEnv, make_env  # noqa: E402
 from unrolled_es_tasks.control_policies import ActionSpace, to_action  # noqa: E402
 from unrolled_es.core.system import episode_keys, run_episode, step_key  # noqa: E402
+from unrolled_es.estimators.registry import options  # noqa: E402
 
 GYMNAX_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0")
 TINY = dict(num_particles=2, sigma=0.1, truncation_length=2, stagger=False)
@@ -33,7 +34,8 @@ def _distinct_estimators():
 
 def _run_estimators(task, names):
   # One compiled program for all estimators: compiling them separately costs about 2x as long.
-  ests = [ue.make(n, task.system, mask=task.mask, **TINY) for n in names]
+  settings = dict(TINY, mask=task.mask)
+  ests = [ue.make(n, task.system, **{k: v for k, v in settings.items() if k in options(n)}) for n in names]
   run = jax.jit(lambda k, th: [e.estimate(k, th, e.init(k, th)) for e in ests])
   return run(jax.random.PRNGKey(0), task.theta0)
 
@@ -353,7 +355,7 @@ def test_the_command_line_trains_cartpole_with_a_plot_and_resumes_exactly(tmp_pa
   resumed to 6 writes the same records and final θ as an uninterrupted 6-step run, and draws its plot."""
   import json
   from unrolled_es.training import checkpoint as ckpt
-  from unrolled_es.cli import main as cli
+  from unrolled_es.cli import command as cli
   args = ["train", "--task", "control", "--task-arg", "env=CartPole-v1", "--task-arg", "horizon=20",
           "--estimator", "es_single", "--particles", "4", "--truncation", "5", "--eval-every", "3",
           "--no-progress", "--no-report"]
@@ -395,7 +397,7 @@ def test_pendulum_ceiling_compare_scores_a_trained_run_on_the_held_out_episodes(
   pytest.importorskip("evosax")
   import json
   from benchmarks import pendulum_linear
-  from unrolled_es.cli import main as cli
+  from unrolled_es.cli import command as cli
   from unrolled_es.training.checkpoint import restore_latest
   run = tmp_path / "run"
   assert cli.main(["train", "--task", "control", "--task-arg", "env=Pendulum-v1", "--task-arg", "horizon=10",

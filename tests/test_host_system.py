@@ -108,7 +108,7 @@ def test_one_host_call_per_inner_step_for_every_member():
   state = jax.jit(est.init)(jax.random.PRNGKey(0), THETA)
   estimate = jax.jit(est.estimate).lower(jax.random.PRNGKey(1), THETA, state).compile()
   host.calls.clear()
-  estimate(jax.random.PRNGKey(1), THETA, state)
+  jax.block_until_ready(estimate(jax.random.PRNGKey(1), THETA, state))
   assert host.calls == [5 * 2] * 4   # K = 4 calls, each with all N·M = 10 members
 
 
@@ -130,7 +130,7 @@ def test_terminated_members_are_frozen_and_not_sent_to_the_host():
   host, system = host_twin(6, done_after=2)
   episode = jax.jit(lambda th, k: run_episode(system, th, k)).lower(THETA, jax.random.PRNGKey(0)).compile()
   host.calls.clear()
-  final, losses = episode(THETA, jax.random.PRNGKey(0))
+  final, losses = jax.block_until_ready(episode(THETA, jax.random.PRNGKey(0)))
   losses = np.asarray(losses)
   assert np.all(losses[:2] > 0) and np.all(losses[2:] == 0) and bool(final["done"])
   assert host.calls == [1, 1]   # steps 3-6 have no running member: the user's step is not called
@@ -169,12 +169,15 @@ MESH_SCRIPT = textwrap.dedent("""
     import unrolled_es as ue
     from test_host_system import THETA, host_twin
     assert jax.device_count() == 4
-    _, system = host_twin(12)
+    host, system = host_twin(12)
     out = []
     for mesh in (None, ue.particle_mesh()):
       est = ue.es_single(system, num_particles=8, sigma=0.1, truncation_length=3, mesh=mesh)
       state = jax.jit(est.init)(jax.random.PRNGKey(0), THETA)
-      out.append(jax.jit(est.estimate)(jax.random.PRNGKey(1), THETA, state)[0])
+      estimate = jax.jit(est.estimate).lower(jax.random.PRNGKey(1), THETA, state).compile()
+      host.calls.clear()
+      out.append(jax.block_until_ready(estimate(jax.random.PRNGKey(1), THETA, state))[0])
+      assert host.calls == [16] * 3, host.calls   # one call per step for all members, on the mesh too
     for a, b in zip(jax.tree_util.tree_leaves(out[0]), jax.tree_util.tree_leaves(out[1])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     print("MESH OK")

@@ -24,8 +24,9 @@ host: `step` only sees the rows still running.
 No derivatives: the host call carries a custom JVP rule that raises a ValueError naming the host system when
 autodiff reaches it, so truncated/full BPTT, UORO and hybrid (which runs TBPTT) refuse it when traced; the ES
 estimators (es_single, pes, generalized_pes, full_es, truncated_es, baseline_es) never differentiate the step.
-Under a particle mesh XLA runs the callback once per step on one device with the operands gathered (correct,
-but the host is the bottleneck either way).
+Under a particle mesh (`mesh=ue.particle_mesh()`) the estimate equals the single-device one and there is still one
+host call per step for all members: XLA gathers the operands onto one device for the callback (it warns of the
+rematerialisation) and splits the results again; with a host simulator, the host is the bottleneck anyway.
 """
 import math
 from typing import Callable
