@@ -15,7 +15,9 @@ the loss on data the optimizer does not train on is what users care about) or on
 
     L(θ) = 1/T Σ_t min(ℓ_t / log C, 1.5).
 
-The meta-trained optimizer is an optax transformation: `as_optax(theta, num_steps)` or `load(run_dir)`.
+The meta-trained optimizer is an optax transformation: `as_optax(theta, num_steps)` or `load(run_dir)`; the one
+shipped with the package, meta-trained on a wider family (`lopt_family`, `benchmarks.lopt_pretrain`), is
+`pretrained(num_steps=None)`.
 """
 import functools
 import math
@@ -29,6 +31,7 @@ from unrolled_es_tasks.base import Task
 from unrolled_es_tasks.models import check_hidden
 from unrolled_es_tasks.lopt_network import LoptSpec
 from unrolled_es_tasks.lopt_optax import as_optax, load, load_theta
+from unrolled_es_tasks.lopt_pretrained import pretrained
 from unrolled_es_tasks.lopt_problems import Family
 from unrolled_es.core.system import UnrolledSystem, check_int, episode_keys, step_key
 
@@ -122,4 +125,4 @@ def evaluate(config: LoptConfig, theta, key):
 
 
 __all__ = ["learned_optimizer", "make_config", "LoptConfig", "system", "systems_by_width", "evaluate", "as_optax",
-           "load", "load_theta"]
+           "load", "load_theta", "pretrained"]
