@@ -82,7 +82,7 @@ def snes_trainer(system, spec, accuracy, seed):
   """train(start, mask) -> (μ, σ, test accuracy) by SNES for `generations` generations."""
   def train(start, mask):
     es = ue.snes(system, population=spec["population"], sigma=spec["sigma"], mask=mask)
-    generation = lambda carry, k: es.step(k, *carry)[:2]
+    generation = lambda carry, k: (es.step(k, *carry)[:2], None)   # carry: (μ, state)
     run = jax.jit(lambda theta, state, keys: jax.lax.scan(generation, (theta, state), keys)[0])
     keys = jax.random.split(jax.random.PRNGKey(1000 + seed), spec["generations"])
     mean, state = run(start, es.init(jax.random.PRNGKey(seed), start), keys)
