@@ -151,8 +151,9 @@ def int_es(system: UnrolledSystem, *, num_particles: int, rank: int = 1, sigma_s
 def int_es_estimator(system: UnrolledSystem, *, num_particles: int, rank: int = 1, sigma_shift: int = 4,
                      alpha_start: float = 1.0, alpha_end: float = 1 / 16, decay_steps: int = 1000,
                      fitness: str = "sign", episodes: int = 1) -> GradientEstimator:
-  """Integer low-rank ES as a GradientEstimator (`as_estimator(int_es(...))`): the direction θ − θ', applied by
-  `saturating_steps(1)`. Registered as "int_es" for `unrolled_es.make` and the command line."""
+  """Integer low-rank ES on int8 θ (EGGROLL): direction θ − θ', applied by saturating_steps(1).
+
+  `as_estimator(int_es(...))`, registered as "int_es" for `unrolled_es.make` and the command line."""
   return as_estimator(int_es(system, num_particles=num_particles, rank=rank, sigma_shift=sigma_shift,
                              alpha_start=alpha_start, alpha_end=alpha_end, decay_steps=decay_steps, fitness=fitness,
                              episodes=episodes))
