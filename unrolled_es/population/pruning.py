@@ -96,7 +96,8 @@ def lottery(train: Callable, rewind_to, *, criterion: str, rounds: int, fraction
   """`rounds` + 1 trainings of the iterative-pruning protocol (the first dense).
 
   train(start θ, mask) -> (trained θ, per-coordinate σ or None, score): any trainer that keeps masked weights at
-  zero (e.g. an ES estimator with mask=, or unrolled_es.snes with mask=). rewind_to: the θ survivors return to.
+  zero (e.g. an ES estimator with mask=, or unrolled_es.snes with mask=, whose step returns the trained mean and
+  whose state's `.sigma` is the σ the "snr" criterion reads). rewind_to: the θ survivors return to.
   """
   prunable = default_prunable(rewind_to) if prunable is None else prunable
   mask = jax.tree_util.tree_map(lambda x: np.ones(np.shape(x), bool), rewind_to)
