@@ -104,8 +104,9 @@ def es_method(name):
   def run(task, cfg, key, budget, num_evals, log, cache):
     if "compiled" not in cache:
       t0 = time.perf_counter()
-      settings = dict(num_particles=cfg["num_particles"], sigma=cfg["sigma"], truncation_length=cfg["truncation_length"],
-                      stagger=cfg["stagger"], mask=task.mask)   # full ES runs whole episodes: no K, no stagger
+      settings = dict(num_particles=cfg["num_particles"], sigma=cfg["sigma"],
+                      truncation_length=cfg["truncation_length"], stagger=cfg["stagger"], mask=task.mask)
+      # full ES runs whole episodes: it takes no K and no stagger
       est = ue.make(name, task.system, **{k: v for k, v in settings.items() if k in ue.estimator_options(name)})
       cache["optimizer"] = make_optimizer(cfg["optimizer"], cfg["outer_lr"])
       cache["compiled"] = _compile(est, cache["optimizer"], task, key)

@@ -1,6 +1,7 @@
-"""The one registry of estimator names: `register` adds a constructor, and `make`, `options`, `unrolled_es.ESTIMATORS`
-and the `unrolled-es` command line all read it, so a new estimator file needs only its own `register` call (and an import
-in estimators/__init__.py, or in the user's code for an estimator outside the library)."""
+"""The one registry of estimator names: `register` adds a constructor, and `make`, `options`,
+`unrolled_es.ESTIMATORS` and the `unrolled-es` command line all read it, so a new estimator file needs only its own
+`register` call (and an import in estimators/__init__.py, or in the user's code for an estimator outside the
+library)."""
 import inspect
 from typing import Callable
 

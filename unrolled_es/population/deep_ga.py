@@ -146,7 +146,8 @@ def deep_ga(system: UnrolledSystem, *, population: int, parents: int, sigma: flo
   def step(key, theta, state):
     # θ is the elite the previous step returned (member 0 of the state's population): only its structure is read
     if jax.tree_util.tree_structure(theta) != jax.tree_util.tree_structure(state.theta0):
-      raise ValueError(f"theta must have the structure of the θ given to init; got {jax.tree_util.tree_structure(theta)}")
+      raise ValueError(f"theta must have the structure of the θ given to init; got "
+                       f"{jax.tree_util.tree_structure(theta)}")
     state, info = _generation(system, cfg, key, state)
     return member(state, 0), state, info
 
