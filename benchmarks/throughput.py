@@ -21,6 +21,7 @@ bare, and memory per particle: bytes of estimator state (every state leaf with a
 transient noise (the pre- and post-reset draws, plus the per-member perturbed θ where it is materialised).
 The --gpu preset adds two 100,000-particle runs of ES-Single with factored rank-1 noise, on this model and on
 the LSTM task `unrolled_es_tasks.rnn_char` (`--preset big` runs only those, in float32, with their peak memory).
+`--preset factored` runs only the factored noises (rank 1 and Gaussian) of the three estimators.
 `--preset draws` times only one window's Gaussian draw for the population, dense against under a 90%-sparse mask
 of the matrices (the `gaussian_sparse90` rows time whole estimates under that mask). Writes
 benchmarks/results/throughput_<preset>.json and .png and prints a markdown table.
@@ -67,6 +68,10 @@ PRESETS = {
     "gpu_smoke": dict(widths=(32,), particles=(16,), rows=2, inputs=8, k=10, reps=2, dtype="bfloat16",
                       peers=True, big=(dict(model="rnn", width=16, particles=2000, rows=1),
                                        dict(model="rnn_char", hidden=5, particles=2000))),
+    # The factored paths only (rank-1 and Gaussian, ES-Single, PES and truncated ES) beside the bare unroll: the
+    # rows the issue about speed at the limit follows, in a few minutes.
+    "factored": dict(widths=(64, 256), particles=(64, 1024), rows=4, inputs=16, k=10, reps=9, dtype="float32",
+                     peers=False, big=None, noises=("low_rank1_factored", "gaussian_factored")),
     # Only the noise draw of one window's population, dense against a 90%-sparse mask (compacted draws).
     "draws": dict(widths=(64, 256), particles=(64, 1024), rows=4, inputs=16, k=10, reps=15, dtype="float32",
                   peers=False, big=None, draws_only=True),

@@ -1,6 +1,7 @@
 """The throughput benchmark runs end to end at a tiny size and writes sane JSON and a PNG (never timed)."""
 import json
 
+import jax
 import numpy as np
 
 from benchmarks import throughput
@@ -39,3 +40,11 @@ def test_the_draws_preset_times_a_dense_and_a_sparse_draw():
   assert [(r["width"], r["particles"]) for r in rows] == [(8, 4)]
   assert rows[0]["dense_ms"] > 0 and rows[0]["sparse90_ms"] > 0
   np.testing.assert_allclose(rows[0]["sparse_over_dense"], rows[0]["sparse90_ms"] / rows[0]["dense_ms"])
+
+
+def test_profile_in_loop_evaluates_the_stage_every_iteration():
+  import jax.numpy as jnp
+  from benchmarks import profile_window
+  calls = profile_window.in_loop(lambda x, y: (x * 2.0, {"y": y + 1}), loops=7)
+  # Each iteration adds sum(2x) + sum(y + 1) = 2·6 + 3·2 = 18: a dropped output or a wrong count changes the total.
+  assert float(jax.jit(calls)(jnp.arange(4.0), jnp.ones(3))) == 7 * 18.0
