@@ -51,18 +51,19 @@ SETTINGS = {
     "Swimmer-v5": {"sigma": 0.3, "num_particles": 30, "truncation_length": 100, "outer_lr": 3.0,
                    "optimizer": "sgd", "steps": 100},
 }
-# The MuJoCo locomotion tasks: σ is ARS's ν for the same task and Adam's lr its step size α (Adam's per-coordinate
-# step is about lr, as ARS's normalised step is about α); N pairs and K are ours (N·2·K env steps per update).
-# ARS's ν and α (V2-t; the example commands of ARS's code, as copied in third-party repositories; UNVERIFIED
-# against the paper's appendix): Hopper 0.025/0.01, HalfCheetah 0.03/0.02, Walker2d 0.025/0.03 (UNVERIFIED),
-# Ant 0.025/0.015, Humanoid 0.0075/0.02.
+# The MuJoCo locomotion tasks: σ is ARS's ν for the same task, and Adam's lr is ARS's step size α over √b: ARS moves
+# a coordinate by about α/√b per update (the sum of b kept directions, each weighted by Δr/σ_R ≈ 1, divided by b),
+# and Adam by about lr. N pairs and K are ours (N·2·K member steps per update). ARS's ν, α, b (V2-t; its code's
+# example commands as copied in third-party repositories, UNVERIFIED against the paper's appendix): Hopper 0.025,
+# 0.01, 4; HalfCheetah 0.03, 0.02, 4; Walker2d 0.025, 0.03, 30 (UNVERIFIED); Ant 0.025, 0.015, 20; Humanoid 0.0075,
+# 0.02, 230 (UNVERIFIED).
 _LOCOMOTION = {"num_particles": 32, "truncation_length": 100, "optimizer": "adam", "steps": 1500}
 SETTINGS.update({
-    "Hopper-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.01),
-    "HalfCheetah-v5": dict(_LOCOMOTION, sigma=0.03, outer_lr=0.02),
-    "Walker2d-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.03),
-    "Ant-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.015),
-    "Humanoid-v5": dict(_LOCOMOTION, sigma=0.0075, outer_lr=0.02, num_particles=64),
+    "Hopper-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.005),
+    "HalfCheetah-v5": dict(_LOCOMOTION, sigma=0.03, outer_lr=0.01),
+    "Walker2d-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.0055),
+    "Ant-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.0034),
+    "Humanoid-v5": dict(_LOCOMOTION, sigma=0.0075, outer_lr=0.0013, num_particles=64),
 })
 # ARS's `shift` (its code's --shift): the survival bonus subtracted from each training reward, so standing still
 # is not a local optimum. Training only: `evaluate` reports Gymnasium's own returns.

@@ -15,8 +15,8 @@ take a batch: `f` maps MjData field names to arrays with a leading row axis (qpo
     Humanoid      r = 1.25ẋ + 5 − 0.1|ctrl|² − min(5e-7|cfrc_ext|², 10), ends unless 1 < z < 2; ẋ from the
                   centre of mass; obs adds cinert[1:], cvel[1:], qfrc_actuator[6:], cfrc_ext[1:]; frame skip 5
     InvertedPendulum         r = 1 while |qpos[1]| ≤ 0.2 (ends otherwise); obs (qpos, qvel); frame skip 2
-    InvertedDoublePendulum   r = 10·alive − 0.01x² − (y − 2)² − 1e-3 v1² − 5e-3 v2² at the tip site (x, y),
-                             ends when y ≤ 1; frame skip 5
+    InvertedDoublePendulum   r = 10·alive − 0.01x² − (y − 2)² − 1e-3 v1² − 5e-3 v2², (x, y) the tip
+                             site, ends when y ≤ 1; frame skip 5
     Reacher       r = −|fingertip − target| − |a|², 50 steps; frame skip 2
 
 ẋ is the change of the position over the step divided by dt = timestep·frame skip. Positions read from xpos or
