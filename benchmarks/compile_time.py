@@ -91,6 +91,10 @@ def one_round(spec, tasks, names):
       except Exception as e:   # an estimator that cannot run on a task is a row with its reason
         out[(task_name, name)] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
       jax.clear_caches()
+      row = out[(task_name, name)]
+      print(f"{task_name} {name}: " + (row["error"] if "error" in row else
+                                      f"estimate {row['estimate_first_call_s']:.1f} s, init "
+                                      f"{row['init_trace_lower_s'] + row['init_compile_s']:.1f} s"), flush=True)
   return out
 
 
