@@ -138,12 +138,14 @@ def tune_adam(family, steps, keys, lrs=ADAM_LRS):
 
 
 def evaluate_problem(problem: EvalProblem, spec, thetas: dict, seeds: int):
-  """Rows and mean curves for one problem: each named θ and Adam's best constant and cosine schedules."""
+  """Rows and mean curves for one problem: each named θ (or (θ, its own spec)) and Adam's best constant and
+  cosine schedules."""
   keys = jax.random.split(jax.random.PRNGKey(EVAL_SEED), seeds)
   best, grid = tune_adam(problem.family, problem.steps, keys)
   scores, curves = {}, {}
   for name, theta in thetas.items():
-    runs = learned_runner(problem.family, problem.steps, spec)(theta, keys)
+    theta, own_spec = theta if isinstance(theta, tuple) else (theta, spec)
+    runs = learned_runner(problem.family, problem.steps, own_spec)(theta, keys)
     scores[name] = summarise(runs)
     curves[name] = np.asarray(runs["meta"]).mean(0)
   for schedule, (lr, s, curve) in best.items():
@@ -172,7 +174,7 @@ def report(config, theta0, theta, out_dir, seeds: int = 8, problem_list=None, tr
   """The meta-trained θ and the untrained θ0 against tuned Adam on `problems(config)`, on `seeds` held-out
   seeds. Writes lopt_vs_adam.json and lopt_vs_adam.png to out_dir; returns the table's rows."""
   seeds = check_int("seeds", seeds, 2)
-  thetas = {"learned (meta-trained)": theta, "learned (untrained θ0)": theta0}
+  thetas = {"learned (meta-trained)": theta, "learned (untrained θ0)": theta0, **_pretrained_row()}
   rows, curves, extra = [], {}, {}
   for problem in problem_list or problems(config, trained_widths):
     r, c, e = evaluate_problem(problem, config.spec, thetas, seeds)
@@ -185,6 +187,18 @@ def report(config, theta0, theta, out_dir, seeds: int = 8, problem_list=None, tr
               f, indent=1)
   plot(curves, os.path.join(out_dir, "lopt_vs_adam.png"))
   return [{k: v for k, v in r.items() if k != "test loss - best adam"} for r in rows]
+
+
+def _pretrained_row():
+  """The shipped pretrained optimizer ({} with a warning when its package data is missing or damaged)."""
+  from unrolled_es_tasks import lopt_pretrained
+  try:
+    theta, spec, meta = lopt_pretrained.load()
+  except ValueError as e:
+    import warnings
+    warnings.warn(f"the pretrained optimizer's row is left out: {e}", RuntimeWarning)
+    return {}
+  return {f"learned (pretrained, outer step {meta['outer_step']})": (theta, spec)}
 
 
 def plot(curves, path):

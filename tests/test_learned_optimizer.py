@@ -158,12 +158,12 @@ def test_export_errors_name_the_argument():
 
 
 def test_load_restores_the_newest_valid_checkpoint(tmp_path, capsys):
-  from unrolled_es.cli import main as cli
+  from unrolled_es.cli import main as cli_main
   out = str(tmp_path / "run")
   args = ["train", "--task", "learned_optimizer", "--estimator", "es_single", "--particles", "2", "--steps", "2",
           "--checkpoint-every", "1", "--truncation", "2", "--task-arg", "horizon=4", "--task-arg", "hidden=8",
           "--task-arg", "lopt_hidden=4", "--no-stagger", "--out", out, "--no-progress", "--no-report"]
-  assert cli.main(args) == 0
+  assert cli_main(args) == 0
   theta, config = lo.load_theta(out)
   assert config.spec.hidden == (4,) and config.horizon == 4
   newest = sorted(os.listdir(os.path.join(out, "checkpoints")))[-1]
@@ -208,10 +208,12 @@ def test_report_writes_table_json_and_plot(tmp_path):
   problem = lopt_eval.EvalProblem("tiny", config.family, 6)
   rows = lopt_eval.report(config, theta0, _saturated(theta0, config.spec), str(tmp_path), seeds=2,
                           problem_list=[problem])
-  assert [r["optimizer"].split(" (")[0] for r in rows] == ["learned", "learned", "adam constant", "adam cosine"]
+  names = [r["optimizer"] for r in rows]
+  assert [n.split(" (")[0] for n in names] == ["learned"] * 3 + ["adam constant", "adam cosine"]
+  assert names[2].startswith("learned (pretrained, outer step ")   # the shipped optimizer's row beside them
   saved = json.load(open(tmp_path / "lopt_vs_adam.json"))
   assert saved["held_out_seeds"] == 2 and len(saved["adam_lrs"]) == len(lopt_eval.ADAM_LRS)
-  for schedule, row in zip(lopt_eval.SCHEDULES, rows[2:]):   # the chosen lr has the grid's best mean score
+  for schedule, row in zip(lopt_eval.SCHEDULES, rows[-2:]):   # the chosen lr has the grid's best mean score
     grid = saved["adam"]["tiny"]["adam_grid"][schedule]
     assert f"lr {lopt_eval.ADAM_LRS[int(np.argmin(grid))]:.3g})" in row["optimizer"]
     assert max(grid) > min(grid)

@@ -145,7 +145,7 @@ def test_cli_run_loaded_past_its_horizon_keeps_training(tmp_path):
 
 def test_pretrained_checksum_guards_the_package_data(tmp_path):
   theta, spec, meta = lopt_pretrained.load()
-  assert spec.time_features == "any" and meta["command"].startswith("cd ") and meta["outer_step"] >= 0
+  assert spec.time_features == "any" and meta["command"].startswith("python -m benchmarks.lopt_pretrain") and meta["outer_step"] >= 0
   assert jax.tree_util.tree_structure(theta) == jax.tree_util.tree_structure(lopt_network.init_theta(spec))
   for name in ("lopt_pretrained.json", "lopt_pretrained.npz"):
     shutil.copy(os.path.join(lopt_pretrained.DATA_DIR, name), tmp_path / name)
@@ -164,11 +164,11 @@ ONE_PER_MODEL = {p.model: p for p in lopt_family.HELD_OUT}
 
 @pytest.mark.parametrize("problem", sorted(ONE_PER_MODEL.values(), key=lambda p: p.name), ids=lambda p: p.model)
 def test_pretrained_trains_every_kind_of_suite_model_without_nan(problem):
-  steps = 12
+  steps = 60
   runs = jax.jit(lambda k: lopt_family.run(problem, lo.pretrained(num_steps=None), k, steps))(KEY)
   train = np.asarray(runs["train"])
   assert np.all(np.isfinite(train)) and np.isfinite(float(runs["test_loss"]))
-  assert train[-3:].mean() < train[:3].mean()
+  assert train[-10:].mean() < train[:10].mean()
 
 
 def test_suite_covers_the_promised_kinds():

@@ -1,0 +1,234 @@
+"""The pretrained learned optimizer against per-problem-tuned Adam on a held-out suite.
+
+    python -m benchmarks.lopt_suite [--quick] [--seeds 8] [--steps 1000] [--problems 0,3] [--out benchmarks/results]
+
+Problems: `lopt_family.HELD_OUT` (11 problems of 6 kinds: MLP, CNN, RNN/LSTM, attention, tabular small-data
+with breast cancer, regression), none of which the optimizer was meta-trained on. On every problem each
+optimizer trains the same `seeds` models: a seed fixes the problem's draw, the initialisation and the
+minibatches, so differences are paired.
+
+Baselines, tuned per problem: Adam at every learning rate of a quarter-decade grid (1e-4 … 10^-0.5), constant
+and cosine-decayed to 0; on the small-data problems also AdamW (cosine) with decoupled weight decay in
+{1e-3, 1e-2, 1e-1, 1}. The tuned baseline is the configuration with the lowest seed-mean validation loss over
+the last tenth of the run (the validation split, never the test split; a configuration with a non-finite
+run is out). Tuning on the evaluation seeds favours the baseline.
+
+Per problem: the learned optimizer's (`pretrained(num_steps=steps)`) paired difference of final test loss
+and of mean training loss over the run, each with its 95% interval; VeLO's speed-up (`lopt_suite_stats`),
+for which the tuned baseline also runs 4× as long. Summary: the interquartile mean over problems of the final
+test loss normalised by the tuned baseline's (learned / baseline), the counts of problems significantly
+better / not different / worse (better: an interval below 0 by test loss or training loss, and neither above
+0; worse: either above 0), and the median speed-up. Checks: 10× the longest meta-training horizon (2000) on
+the first problem, with the length known and unknown (divergence and losses beside Adam at the tuned lr), and a
+width 8× the meta-training MLP width (32 → 256). --quick: 3 seeds, 60 steps, a coarse grid, short checks.
+Writes lopt_suite[_quick].json and .png to --out.
+"""
+import argparse
+import functools
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import lopt_suite_stats as st
+from unrolled_es_tasks import lopt_family
+from unrolled_es_tasks.lopt_pretrained import pretrained
+
+ADAM_LRS = tuple(float(10 ** (k / 4)) for k in range(-16, -1))
+QUICK_LRS = tuple(float(10 ** (k / 2)) for k in range(-7, -1))
+WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)
+SPEEDUP_CAP = 4
+EVAL_SEED = 20_000
+META_HORIZON = 2000
+META_WIDTH = 32
+FULL = dict(seeds=8, steps=1000, lrs=ADAM_LRS, long_steps=10 * META_HORIZON)
+QUICK = dict(seeds=3, steps=60, lrs=QUICK_LRS, long_steps=600)
+
+
+def _baseline(lr, cosine, decay, steps):
+  """AdamW (decay 0: Adam) at lr, constant or cosine to 0 over `steps`; every argument but steps traced."""
+  def schedule(count):
+    return lr * jnp.where(cosine, 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count, steps) / steps)), 1.0)
+  return optax.adamw(schedule, weight_decay=decay)
+
+
+@functools.lru_cache(maxsize=64)
+def grid_runner(problem, steps):
+  """jitted (lrs (G,), cosine (G,), decays (G,), keys (S, 2)) -> run outputs with leading axes (G, S)."""
+  one = lambda lr, cos, wd, key: lopt_family.run(problem, _baseline(lr, cos, wd, steps), key, steps)
+  return jax.jit(jax.vmap(jax.vmap(one, (None, None, None, 0)), (0, 0, 0, None)))
+
+
+@functools.lru_cache(maxsize=64)
+def learned_runner(problem, steps, num_steps):
+  opt = pretrained(num_steps=num_steps)
+  return jax.jit(jax.vmap(lambda key: lopt_family.run(problem, opt, key, steps)))
+
+
+def configs(problem, lrs):
+  """(lr, cosine, decay) rows of the tuning grid."""
+  rows = [(lr, cos, 0.0) for cos in (False, True) for lr in lrs]
+  if problem.small_data:
+    rows += [(lr, True, wd) for wd in WEIGHT_DECAYS for lr in lrs]
+  return rows
+
+
+def _np(runs):
+  return {k: np.asarray(v, np.float64) for k, v in runs.items()}
+
+
+def tune(problem, steps, keys, lrs):
+  """(best config, its runs, the grid's scores): the lowest seed-mean tail validation loss."""
+  rows = configs(problem, lrs)
+  lr, cos, wd = (jnp.asarray(np.array(c, np.float32)) for c in zip(*rows))
+  runs = _np(grid_runner(problem, steps)(lr, cos.astype(bool), wd, keys))
+  tail = max(1, steps // 10)
+  finite = np.all(np.isfinite(runs["train"]), (1, 2)) & np.all(np.isfinite(runs["test_loss"]), 1)
+  score = np.where(finite, runs["valid"][:, :, -tail:].mean((1, 2)), np.inf)
+  j = int(np.argmin(score))
+  best = {"lr": rows[j][0], "schedule": "cosine" if rows[j][1] else "constant", "weight_decay": rows[j][2]}
+  return best, {k: v[j] for k, v in runs.items()}, score.tolist()
+
+
+def evaluate_problem(problem, s, keys):
+  steps = s["steps"]
+  best, adam, scores = tune(problem, steps, keys, s["lrs"])
+  learned = _np(learned_runner(problem, steps, steps)(keys))
+  long = grid_runner(problem, SPEEDUP_CAP * steps)
+  cfg = [jnp.asarray([v], jnp.float32) for v in (best["lr"], best["schedule"] == "cosine", best["weight_decay"])]
+  adam_long = _np(long(cfg[0], cfg[1].astype(bool), cfg[2], keys))
+  test = st.paired_ci(learned["test_loss"], adam["test_loss"])
+  train = st.paired_ci(learned["train"].mean(1), adam["train"].mean(1))
+  verdicts = (st.verdict(test), st.verdict(train))
+  overall = "worse" if "worse" in verdicts else "better" if "better" in verdicts else "not different"
+  return {"problem": problem.name, "kind": problem.kind, "tuned": best, "grid_scores": scores,
+          "learned_test": float(np.mean(learned["test_loss"])), "adam_test": float(np.mean(adam["test_loss"])),
+          "test_diff": test, "train_diff": train, "verdict_test": verdicts[0], "verdict_train": verdicts[1],
+          "verdict": overall, "diverged_learned": int(np.sum(~np.isfinite(learned["train"]).all(1))),
+          "speedup": st.speedup(learned["train"].mean(0), adam_long["train"][0].mean(0), SPEEDUP_CAP),
+          "curves": {"learned": learned["train"].mean(0).tolist(), "adam": adam["train"].mean(0).tolist()}}
+
+
+def horizon_check(problem, s, keys, tuned):
+  """10× the longest meta-training horizon: learned (length known and unknown) and Adam at the tuned lr."""
+  steps = s["long_steps"]
+  out = {}
+  for name, num_steps in (("learned, length known", steps), ("learned, length unknown", None)):
+    runs = _np(learned_runner(problem, steps, num_steps)(keys))
+    out[name] = {"diverged": int(np.sum(~np.isfinite(runs["train"]).all(1))),
+                 "final_train": float(np.mean(runs["train"][:, -max(1, steps // 20):])),
+                 "test": float(np.mean(runs["test_loss"]))}
+  cfg = [jnp.asarray([v], jnp.float32) for v in (tuned["lr"], tuned["schedule"] == "cosine", tuned["weight_decay"])]
+  runs = _np(grid_runner(problem, steps)(cfg[0], cfg[1].astype(bool), cfg[2], keys))
+  out["adam (tuned at the suite's length)"] = {"diverged": int(np.sum(~np.isfinite(runs["train"][0]).all(1))),
+                                               "final_train": float(np.mean(runs["train"][0][:, -max(1, steps // 20):])),
+                                               "test": float(np.mean(runs["test_loss"][0]))}
+  return {"problem": problem.name, "steps": steps, "results": out}
+
+
+def summary(rows):
+  ratios = [r["learned_test"] / r["adam_test"] for r in rows]
+  return {"iqm_normalised_test_loss": st.iqm(ratios), "baseline_normalised": 1.0,
+          "counts": st.counts([r["verdict"] for r in rows]),
+          "counts_test_loss": st.counts([r["verdict_test"] for r in rows]),
+          "counts_train_loss": st.counts([r["verdict_train"] for r in rows]),
+          "median_speedup": float(np.median([r["speedup"] for r in rows]))}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true")
+  ap.add_argument("--seeds", type=int, default=None)
+  ap.add_argument("--steps", type=int, default=None)
+  ap.add_argument("--problems", default=None, help="comma-separated indices into HELD_OUT (default: all)")
+  ap.add_argument("--no-checks", action="store_true", help="skip the 10x-horizon and 8x-width checks")
+  ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+  a = ap.parse_args(argv)
+  s = dict(QUICK if a.quick else FULL)
+  for name in ("seeds", "steps"):
+    if getattr(a, name) is not None:
+      s[name] = getattr(a, name)
+  if s["seeds"] < 2 or s["steps"] < 10:
+    raise ValueError(f"--seeds must be at least 2 and --steps at least 10; got {s['seeds']} and {s['steps']}")
+  problems = _select(a.problems)
+  keys = jax.random.split(jax.random.PRNGKey(EVAL_SEED), s["seeds"])
+  start = time.time()
+  rows = []
+  for p in problems:
+    rows.append(evaluate_problem(p, s, keys))
+    print(_line(rows[-1]), flush=True)
+  result = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}, "rows": rows,
+            "summary": summary(rows)}
+  if not a.no_checks:
+    width = lopt_family.HELD_OUT[0]._replace(name=f"mlp digits {8 * META_WIDTH}-{8 * META_WIDTH} (8x width)",
+                                             sizes=(8 * META_WIDTH, 8 * META_WIDTH))
+    result["width_check"] = evaluate_problem(width, s, keys)
+    print(_line(result["width_check"]), flush=True)
+    result["horizon_check"] = horizon_check(problems[0], s, keys, rows[0]["tuned"])
+    print("10x horizon:", json.dumps(result["horizon_check"]["results"]), flush=True)
+  result["seconds"] = time.time() - start
+  print("summary:", json.dumps(result["summary"]), flush=True)
+  _write(result, a.out, "lopt_suite_quick" if a.quick else "lopt_suite")
+  return 0
+
+
+def _select(spec):
+  if spec is None:
+    return list(lopt_family.HELD_OUT)
+  try:
+    idx = [int(i) for i in spec.split(",")]
+    return [lopt_family.HELD_OUT[i] for i in idx]
+  except (ValueError, IndexError):
+    raise ValueError(f"--problems must be comma-separated indices in 0..{len(lopt_family.HELD_OUT) - 1}; "
+                     f"got {spec!r}") from None
+
+
+def _fmt(ci):
+  return f"{ci[0]:+.4f} [{ci[1]:+.4f}, {ci[2]:+.4f}]"
+
+
+def _line(r):
+  t = r["tuned"]
+  return (f"{r['problem']:34s} test Δ {_fmt(r['test_diff'])} ({r['verdict_test']}), train Δ {_fmt(r['train_diff'])} "
+          f"({r['verdict_train']}), speed-up {r['speedup']:.2f}x, tuned {t['schedule']} lr {t['lr']:.3g} "
+          f"wd {t['weight_decay']:g}")
+
+
+def _write(result, out, stem):
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, stem + ".json"), "w") as f:
+    json.dump(result, f, indent=1)
+  plot(result["rows"], os.path.join(out, stem + ".png"))
+
+
+def plot(rows, path):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(13, 4.2), dpi=100)
+  FigureCanvasAgg(fig)
+  y = np.arange(len(rows))
+  for i, (key, title) in enumerate((("test_diff", "final test loss: learned − tuned Adam"),
+                                    ("train_diff", "mean training loss: learned − tuned Adam"))):
+    ax = fig.add_subplot(1, 3, i + 1)
+    m = np.array([r[key][0] for r in rows])
+    err = np.array([[r[key][0] - r[key][1], r[key][2] - r[key][0]] for r in rows]).T
+    ax.errorbar(m, y, xerr=err, fmt="o", capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(title=title, yticks=y, yticklabels=[r["problem"] for r in rows] if i == 0 else [])
+    ax.tick_params(labelsize=7)
+  ax = fig.add_subplot(1, 3, 3)
+  ax.barh(y, [r["speedup"] for r in rows])
+  ax.axvline(1, color="k", lw=0.8)
+  ax.set(title=f"speed-up over tuned Adam (cap {SPEEDUP_CAP}x)", yticks=y, yticklabels=[])
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,39 @@
+"""The pretraining driver resumes exactly after a stop, and its export round-trips into `pretrained`."""
+import json
+
+import jax
+import numpy as np
+
+from benchmarks import lopt_pretrain
+from unrolled_es_tasks import lopt_pretrained
+
+
+def _theta(run, tmp_path, name):
+  out = tmp_path / name
+  lopt_pretrained.export(str(run), str(out))
+  theta, spec, meta = lopt_pretrained.load(str(out))
+  return theta, spec, meta
+
+
+def test_stopped_and_resumed_run_retraces_the_uninterrupted_one(tmp_path):
+  args = ["--quick", "--problems", "0", "--no-progress"]
+  whole, split = tmp_path / "whole", tmp_path / "split"
+  lopt_pretrain.main(args + ["--out", str(whole), "--steps", "2"])
+  lopt_pretrain.main(args + ["--out", str(split), "--steps", "1"])      # a first sitting, stopped after 1 step
+  lopt_pretrain.main(args + ["--out", str(split), "--steps", "2"])      # the same command resumes it
+  a, spec, meta = _theta(whole, tmp_path, "a")
+  b, _, meta_b = _theta(split, tmp_path, "b")
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  assert meta["outer_step"] == meta_b["outer_step"] == 2 and spec.time_features == "any"
+  theta0 = lopt_pretrain.lopt_network.init_theta(spec)
+  assert any(not np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(theta0)))
+  assert json.loads((whole / "cpu_seconds.json").read_text())["cpu_seconds"] > 0
+  assert (tmp_path / "a" / "lopt_pretrained_log.jsonl").stat().st_size > 0   # the evaluation records
+
+
+def test_cpu_budget_stops_a_run(tmp_path):
+  budget = lopt_pretrain.CpuBudget(str(tmp_path), 0.0, checkpoint_every=1)
+  assert budget(1, None, {}) is True
+  assert json.loads((tmp_path / "cpu_seconds.json").read_text())["step"] == 1
+  assert lopt_pretrain.CpuBudget(str(tmp_path), 1.0, 1).before > 0       # a later sitting counts the earlier ones

@@ -1,0 +1,62 @@
+"""The held-out suite's statistics against direct numpy computations, and a --quick run through its JSON."""
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from benchmarks import lopt_suite, lopt_suite_stats as st
+
+
+def test_paired_ci_is_the_t_interval_of_the_differences():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(1.0, 0.2, 8), rng.normal(1.1, 0.2, 8)
+  mean, low, high = st.paired_ci(a, b)
+  d = a - b
+  half = stats.t.ppf(0.975, 7) * np.std(d, ddof=1) / math.sqrt(8)
+  np.testing.assert_allclose([mean, low, high], [d.mean(), d.mean() - half, d.mean() + half], rtol=1e-12)
+  res = stats.ttest_rel(a, b).confidence_interval(0.95)     # scipy's paired t-test agrees
+  np.testing.assert_allclose([low, high], [res.low, res.high], rtol=1e-10)
+  assert math.isnan(st.paired_ci([1.0], [2.0])[1]) and math.isnan(st.paired_ci([1.0, np.nan], [0.0, 0.0])[1])
+
+
+def test_verdicts_follow_the_interval():
+  assert st.verdict((-0.2, -0.3, -0.1)) == "better" and st.verdict((0.2, 0.1, 0.3)) == "worse"
+  assert st.verdict((-0.2, -0.5, 0.1)) == "not different" and st.verdict((0.0, math.nan, math.nan)) == "not different"
+  assert st.counts(["better", "worse", "better"]) == {"better": 2, "not different": 0, "worse": 1}
+
+
+def test_speedup_counts_the_steps_the_baseline_needs():
+  learned = np.linspace(1.0, 0.5, 100)
+  baseline = np.linspace(1.0, 0.0, 400)                        # reaches 0.5 (unsmoothed) at step 200 of 400
+  assert st.speedup(learned, baseline, window=1) == pytest.approx(2.0, abs=0.02)
+  assert st.speedup(learned, np.full(400, 0.9), window=1) == 4.0      # never reached: the cap
+  assert st.speedup(learned, np.linspace(1.0, 0.0, 50), window=1) == pytest.approx(0.26, abs=0.01)
+  noisy = learned + np.where(np.arange(100) % 2 == 0, 0.05, -0.05)
+  np.testing.assert_allclose(st.smooth(noisy, 2)[1:], np.convolve(noisy, [0.5, 0.5], "valid"))
+
+
+def test_iqm_matches_the_trimmed_mean():
+  x = np.random.default_rng(1).normal(size=12)
+  assert st.iqm(x) == pytest.approx(stats.trim_mean(x, 0.25))
+  assert st.iqm([1.0, 2.0, 3.0, 100.0]) == pytest.approx(2.5)
+  x5 = np.array([5.0, 1.0, 3.0, 2.0, 4.0])                     # n = 5: quartiles cut 1.25 values at each end
+  assert st.iqm(x5) == pytest.approx((0.75 * 2 + 3 + 0.75 * 4) / 2.5)
+
+
+def test_quick_suite_writes_rows_summary_and_plot(tmp_path):
+  lopt_suite.main(["--quick", "--problems", "7", "--seeds", "3", "--no-checks", "--out", str(tmp_path)])
+  result = json.loads((tmp_path / "lopt_suite_quick.json").read_text())
+  assert (tmp_path / "lopt_suite_quick.png").stat().st_size > 1000
+  (row,) = result["rows"]
+  assert row["problem"] == "mlp breast-cancer 32" and row["diverged_learned"] == 0
+  assert len(row["grid_scores"]) == len(lopt_suite.QUICK_LRS) * (2 + len(lopt_suite.WEIGHT_DECAYS))  # AdamW too
+  assert min(row["grid_scores"]) == pytest.approx(min(s for s in row["grid_scores"] if math.isfinite(s)))
+  for key in ("test_diff", "train_diff"):
+    mean, low, high = row[key]
+    assert low <= mean <= high
+  assert 0 < row["speedup"] <= lopt_suite.SPEEDUP_CAP
+  summary = result["summary"]
+  assert summary["iqm_normalised_test_loss"] == pytest.approx(row["learned_test"] / row["adam_test"])
+  assert sum(summary["counts"].values()) == 1 and summary["median_speedup"] == row["speedup"]
