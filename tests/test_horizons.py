@@ -34,8 +34,9 @@ def recording_system():
 @pytest.mark.parametrize("name", ["es_single", "pes", "truncated_bptt"])
 def test_particles_reset_exactly_when_their_drawn_episode_ends(name):
   k, n = 2, 16
-  est = ue.make(name, recording_system(), num_particles=n, sigma=0.1, truncation_length=k, horizons=SCHEDULE,
-                stagger=False)
+  noise = {} if name == "truncated_bptt" else {"sigma": 0.1}
+  est = ue.make(name, recording_system(), num_particles=n, truncation_length=k, horizons=SCHEDULE, stagger=False,
+                **noise)
   state, estimate = est.init(jax.random.PRNGKey(0), THETA), jax.jit(est.estimate)
   for w in range(30):
     before = state

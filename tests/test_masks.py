@@ -1,5 +1,7 @@
 """mask=: masked coordinates are never perturbed, get exactly zero gradient and do not move under any estimator
 and noise; a fully masked leaf costs no draw; the unmasked rest is still unbiased."""
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +18,10 @@ NOISES = {"gaussian": ue.gaussian(), "gaussian_factored": ue.gaussian(factored=T
 
 
 def build(name, system, noise, mask):
+  """The estimator `name` from the settings it takes (ue.make refuses the others)."""
   kw = dict(num_particles=4, sigma=0.1, truncation_length=3, noise=noise, mask=mask)
-  return ue.make(name, system, **kw)
+  takes = inspect.signature(ue.registered()[name]).parameters
+  return ue.make(name, system, **{k: v for k, v in kw.items() if k in takes})
 
 
 CASES = [("es_single", noise) for noise in NOISES] + [("pes", "low_rank_factored"), ("pes", "gaussian")] + [

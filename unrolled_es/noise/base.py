@@ -16,6 +16,11 @@ expectation instead of rounded away (unrolled_es/noise/precision.py); without a 
 abᵀ/√r per matrix. With `factored=True` either hands matrices to `system.step` as `PerturbedMatrix`, for layers
 that apply xW + scale·(x eps) without forming W + scale·eps. Draws come from `unrolled_es.core.prng`.
 
+What a noise supports is declared on it, not inferred from its class: `needs` (what its user must guarantee:
+every particle drawing at once, each estimate weighting only its own draws, no mask), checked by `check(Use(...))`
+when an estimator or a mask is built; `unit` (its draws in coordinates of covariance I, for orthogonal directions);
+`compact`, `leafwise` and `joint`; and `multiply`, the product of two draws in a form `combine` sums.
+
 Leaves of rank > 2 (stacked layers, convolution and multi-head kernels) are matrices over the matricisation
 (d₁, …, d_k) -> (d₁·…·d_{k-1}, d_k): every axis but the last indexes a row, the last (the output features in the
 (…, in, out) layout of JAX, flax and haiku kernels) a column. Low-rank noise draws one rank-r product over it,
@@ -154,7 +159,8 @@ def gaussian(factored: bool = False, scale=None) -> Noise:
     return jax.tree_util.tree_unflatten(treedef, [e * s if inverse else e / s for e, s in zip(
         jax.tree_util.tree_leaves(batch), _scale_leaves(scales, treedef))])
 
-  name = "gaussian(" + ", ".join((["factored=True"] if factored else []) + (["scale=..."] if scales is not None else [])) + ")"
+  parts = (["factored=True"] if factored else []) + (["scale=..."] if scales is not None else [])
+  name = f"gaussian({', '.join(parts)})"
   return Noise(sample=sample, perturb=perturb, combine=combine, dense=lambda eps: eps, name=name,
                leafwise=scales is None, unit=_identity_unit if scales is None else unit)
 
