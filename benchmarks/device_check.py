@@ -12,7 +12,8 @@ Three sections, written to one JSON file (device_check.json, or device_check_qui
   int8       the integer character LM's forward pass (unrolled_es_tasks.int_lm: int8 weights and activations,
              int32 accumulation) against its float32 twin (unrolled_es_tasks.char_lm), tokens per second, paired;
   million    10⁶ particles of factored rank-1 ES-Single on the recurrent layer and on the LSTM task rnn_char:
-             seconds per estimate, ratio to the bare unroll, every particle valid, peak device memory.
+             seconds per estimate, ratio to the bare unroll, every particle valid, the compiled estimate's peak
+             bytes per particle (XLA's buffer assignment; every factored cell reports it too).
 
 Made to survive a short, unattended run: cells run most important first; a cell that fails (out of memory, a
 compiler error) is recorded with its error and the rest go on; the JSON is rewritten after every cell, so a run
@@ -66,7 +67,8 @@ def compiled(fn, *args, donate=()):
 
 
 def factored_estimate(system, theta, n, seed=1):
-  """(estimate callable threading its own state, init+compile seconds, estimate compile seconds, holder)."""
+  """(estimate callable threading its own state, init+compile seconds, estimate compile seconds, the compiled
+  estimate's peak bytes from XLA's buffer assignment)."""
   est = ue.es_single(system, num_particles=n, sigma=SIGMA, truncation_length=K, noise=ue.low_rank(1, factored=True),
                      stagger=True)
   key = jax.random.PRNGKey(seed)
@@ -74,8 +76,18 @@ def factored_estimate(system, theta, n, seed=1):
   state = jax.block_until_ready(jax.jit(est.init)(key, theta))
   init_s = time.perf_counter() - start
   estimate, compile_s = compiled(est.estimate, key, theta, state, donate=(2,))
-  call, holder = threaded_estimate(estimate, key, theta, state)
-  return call, init_s, compile_s, holder
+  call, _ = threaded_estimate(estimate, key, theta, state)
+  return call, init_s, compile_s, compiled_peak_bytes(estimate)
+
+
+def compiled_peak_bytes(exe):
+  """Peak bytes of one compiled program (arguments, outputs, temporaries), or None where XLA does not say."""
+  try:
+    stats = exe.memory_analysis()
+    return int(getattr(stats, "peak_memory_in_bytes", 0) or (stats.argument_size_in_bytes
+               + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes))
+  except Exception:   # a backend without memory analysis: the figure is missing, the run goes on
+    return None
 
 
 def checked(call, n):
@@ -87,7 +99,7 @@ def checked(call, n):
 
 def versus_bare(system, theta, n, rounds):
   """Paired rounds of one estimate and the bare unroll of the same 2N members; their medians and ratio."""
-  call, init_s, compile_s, holder = factored_estimate(system, theta, n)
+  call, init_s, compile_s, peak = factored_estimate(system, theta, n)
   bare, states = bare_unroll(system, 2 * n, K, donate=True)
   bare_call = threaded_bare(bare, theta, states, jax.random.PRNGKey(0))
   start = time.perf_counter()
@@ -96,7 +108,8 @@ def versus_bare(system, theta, n, rounds):
   times = paired_rounds({"estimate": call, "bare": bare_call}, rounds)
   out = {"estimate_ms": 1e3 * float(np.median(times["estimate"])), "bare_ms": 1e3 * float(np.median(times["bare"])),
          "ratio_to_bare": median_ratio(times, "estimate", "bare"), "init_s": init_s,
-         "estimate_compile_s": compile_s, "bare_compile_and_first_call_s": bare_compile_s}
+         "estimate_compile_s": compile_s, "bare_compile_and_first_call_s": bare_compile_s,
+         "estimate_peak_bytes_per_particle": None if peak is None else peak / n}
   return dict(out, **checked(call, n), particle_steps_per_s=n * K / (out["estimate_ms"] / 1e3))
 
 
@@ -138,10 +151,12 @@ def million_cell(spec, b):
 
 
 def peak_memory(n):
-  """Peak device bytes (and per particle) where the device reports them (GPUs); None on a CPU."""
+  """The process's peak device bytes so far (earlier cells included; GPUs only, None on a CPU), per particle too.
+  The estimate's own peak is `estimate_peak_bytes_per_particle`."""
   stats = jax.devices()[0].memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
-  return {"device_peak_bytes": peak, "device_peak_bytes_per_particle": None if peak is None else peak / n}
+  return {"device_peak_bytes_so_far": peak,
+          "device_peak_bytes_so_far_per_particle": None if peak is None else peak / n}
 
 
 def device_description():

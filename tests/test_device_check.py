@@ -21,7 +21,8 @@ def test_quick_device_check_writes_every_section(tmp_path):
   assert [r["particles"] for r in result["million"]] == [b["particles"] for b in spec["million"]]
   for row in result["factored"] + result["million"]:
     assert "error" not in row, row
-    for key in ("estimate_ms", "bare_ms", "ratio_to_bare", "estimate_compile_s", "particle_steps_per_s"):
+    for key in ("estimate_ms", "bare_ms", "ratio_to_bare", "estimate_compile_s", "particle_steps_per_s",
+                "estimate_peak_bytes_per_particle"):
       assert _positive(row[key]), (key, row)
     assert row["all_valid"] and row["gradient_finite"]
   for row in result["factored"]:
