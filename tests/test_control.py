@@ -78,8 +78,8 @@ def test_swimmer_runs_every_es_estimator(name):
   if not os.environ.get("UNROLLED_ES_SLOW_TESTS"):
     pytest.skip("set UNROLLED_ES_SLOW_TESTS=1 to compile the ES estimators on MJX Swimmer (30-80 s each)")
   _needs_mjx()
-  task = tasks.get("control", env="Swimmer-v5", horizon=4, num_eval=1)
-  assert not make_env("Swimmer-v5").differentiable
+  task = tasks.get("control", env="Swimmer-v5", backend="mjx", horizon=4, num_eval=1)
+  assert not make_env("Swimmer-v5", "mjx").differentiable
   (grad, _, info), = _run_estimators(task, [name])
   _check_estimate(task, name, grad, info)
 
