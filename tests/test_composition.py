@@ -183,10 +183,12 @@ def test_the_docs_page_is_the_tables_rendering():
 
 @pytest.mark.parametrize("cell", [c for c in CELLS if table.cell_status(*c)[0] == "refused"], ids=table.cell_id)
 def test_refused(cell):
+  """Refused when built; int_es only learns that θ is not int8 when it first sees θ."""
   _, refusal = table.cell_status(*cell)
   with pytest.raises((ValueError, TypeError)) as caught:
     est, theta = build(cell)
-    est.estimate(jax.random.PRNGKey(1), theta, est.init(jax.random.PRNGKey(0), theta))
+    if cell[0] in table.REFUSED_AT_FIRST_CALL:
+      est.init(jax.random.PRNGKey(0), theta)
   message = str(caught.value).lower()
   assert all(word.lower() in message for word in refusal.names), (refusal.names, str(caught.value))
 
