@@ -42,9 +42,14 @@ def test_the_draws_preset_times_a_dense_and_a_sparse_draw():
   np.testing.assert_allclose(rows[0]["sparse_over_dense"], rows[0]["sparse90_ms"] / rows[0]["dense_ms"])
 
 
-def test_profile_in_loop_evaluates_the_stage_every_iteration():
+def test_profile_in_loop_evaluates_the_stage_every_iteration_on_unchanged_inputs():
   import jax.numpy as jnp
   from benchmarks import profile_window
-  calls = profile_window.in_loop(lambda x, y: (x * 2.0, {"y": y + 1}), loops=7)
-  # Each iteration adds sum(2x) + sum(y + 1) = 2·6 + 3·2 = 18: a dropped output or a wrong count changes the total.
-  assert float(jax.jit(calls)(jnp.arange(4.0), jnp.ones(3))) == 7 * 18.0
+  calls = profile_window.in_loop(lambda x, y, k: (x * 2.0, {"y": y + 1, "k": k}), loops=7)
+  # Each iteration adds sum(2x) + sum(y + 1) + sum(k) = 12 + 6 + 3 = 21: the ties that stop XLA hoisting the stage
+  # change no input (float, int and uint), and no output is dropped.
+  keys = jnp.array([1, 2], jnp.uint32)
+  assert float(jax.jit(calls)(jnp.arange(4.0), jnp.ones(3, jnp.int32), keys)) == 7 * 21.0
+  tied = profile_window._tied((jnp.arange(4.0), keys), jnp.float32(0))
+  np.testing.assert_array_equal(tied[0], jnp.arange(4.0))
+  assert tied[1].dtype == jnp.uint32 and list(tied[1]) == [1, 2]
