@@ -14,7 +14,8 @@ Faults and sittings: `ue.train` checkpoints every `--checkpoint-every` outer ste
 KeyboardInterrupt); every key derives from the run key and the step, so a killed run restarted with the same
 command resumes from its newest valid checkpoint and retraces the uninterrupted run bit for bit.
 
-Budget: at most `--max-core-hours` (default 6) of this process's CPU time summed over sittings (kept in
+The settings (--steps included) are part of the run's identity: a sitting resumes only the run its own
+command started. Budget: at most `--max-core-hours` (default 6) of this process's CPU time summed over sittings (kept in
 DIR/cpu_seconds.json at each checkpoint); the run stops early, with a checkpoint, when it is spent. The cost per
 outer step is 9 problems × 2N members × K inner steps (N = 8 pairs: 1440 inner steps) plus the staggering
 burn-in once per sitting.

@@ -16,11 +16,12 @@ def _theta(run, tmp_path, name):
 
 
 def test_stopped_and_resumed_run_retraces_the_uninterrupted_one(tmp_path):
-  args = ["--quick", "--problems", "0", "--no-progress"]
+  args = ["--quick", "--problems", "0", "--no-progress", "--steps", "2"]
   whole, split = tmp_path / "whole", tmp_path / "split"
-  lopt_pretrain.main(args + ["--out", str(whole), "--steps", "2"])
-  lopt_pretrain.main(args + ["--out", str(split), "--steps", "1"])      # a first sitting, stopped after 1 step
-  lopt_pretrain.main(args + ["--out", str(split), "--steps", "2"])      # the same command resumes it
+  lopt_pretrain.main(args + ["--out", str(whole)])
+  lopt_pretrain.main(args + ["--out", str(split), "--max-core-hours", "0"])   # a sitting stopped after step 1
+  assert json.loads((split / "cpu_seconds.json").read_text())["step"] == 1
+  lopt_pretrain.main(args + ["--out", str(split)])                          # the same command resumes it
   a, spec, meta = _theta(whole, tmp_path, "a")
   b, _, meta_b = _theta(split, tmp_path, "b")
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
