@@ -94,3 +94,10 @@ def threaded_bare(bare, theta, states, key):
     holder["states"], loss = bare(theta, holder["states"], key)
     return loss
   return call
+
+
+def make_taking(name, system, **options):
+  """`ue.make(name, system, ...)` with only the options estimator `name` takes: a sweep over every estimator passes
+  one set of settings (full ES has no truncation length, BPTT no σ), while `ue.make` itself refuses the others."""
+  import unrolled_es as ue
+  return ue.make(name, system, **{k: v for k, v in options.items() if k in ue.estimator_options(name)})

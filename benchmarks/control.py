@@ -42,6 +42,7 @@ import optax
 import unrolled_es_tasks as tasks
 import unrolled_es_tasks.control_envs
 import unrolled_es as ue
+from benchmarks.common import make_taking
 from unrolled_es_tasks.control_policies import apply_policy, to_action
 from unrolled_es_tasks.observation_norm import normalize
 
@@ -107,7 +108,7 @@ def es_method(name):
       settings = dict(num_particles=cfg["num_particles"], sigma=cfg["sigma"],
                       truncation_length=cfg["truncation_length"], stagger=cfg["stagger"], mask=task.mask)
       # full ES runs whole episodes: it takes no K and no stagger
-      est = ue.make(name, task.system, **{k: v for k, v in settings.items() if k in ue.estimator_options(name)})
+      est = make_taking(name, task.system, **settings)
       cache["optimizer"] = make_optimizer(cfg["optimizer"], cfg["outer_lr"])
       cache["compiled"] = _compile(est, cache["optimizer"], task, key)
       cache["compile_seconds"] = time.perf_counter() - t0

@@ -29,6 +29,7 @@ from scipy import stats
 
 import unrolled_es_tasks as tasks
 import unrolled_es as ue
+from benchmarks.common import make_taking
 from benchmarks.evosax_peer import evosax_estimator
 
 PAIRS = (("pes", "persistent_es"), ("es_single", "noise_reuse_es"))
@@ -47,7 +48,7 @@ DEFAULT_SIGMA = {"rnn_char": 1e-3, "influence_balancing": 0.1}
 def build(name, system, particles, sigma, k):
   if name in ("persistent_es", "noise_reuse_es"):
     return evosax_estimator(name, system, num_particles=particles, sigma=sigma, truncation_length=k)
-  return ue.make(name, system, num_particles=particles, sigma=sigma, truncation_length=k, stagger=False)
+  return make_taking(name, system, num_particles=particles, sigma=sigma, truncation_length=k, stagger=False)
 
 
 def window_estimates(est, theta, windows, repeats, seed):

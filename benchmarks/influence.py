@@ -36,6 +36,7 @@ import optax
 
 import unrolled_es_tasks as tasks
 import unrolled_es as ue
+from benchmarks.common import make_taking
 from unrolled_es_tasks.influence_balancing import influence_balancing_optimum
 
 METHODS = ("tbptt_k1", "tbptt_k10", "tbptt_k100", "truncated_es", "pes", "es_single")
@@ -63,8 +64,7 @@ def truncation(method, es_truncation):
 
 def make_estimator(method, system, particles, sigma, es_truncation):
   name = "truncated_bptt" if method.startswith("tbptt_k") else method
-  return ue.make(name, system, num_particles=particles, sigma=sigma,
-                 truncation_length=truncation(method, es_truncation))
+  return make_taking(name, system, num_particles=particles, sigma=sigma, truncation_length=truncation(method, es_truncation))
 
 
 def expected_truncated_gradient(system, k):

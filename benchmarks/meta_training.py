@@ -34,6 +34,7 @@ import optax
 
 import unrolled_es_tasks as tasks
 import unrolled_es as ue
+from benchmarks.common import make_taking
 from unrolled_es.training.loop import make_outer_step
 
 ESTIMATORS = ("pes", "es_single", "truncated_es", "full_es")
@@ -50,7 +51,7 @@ QUICK = dict(seeds=1, num_evals=10, stagger=False, budget_scale=0.1)
 
 
 def make_estimator(name, system, particles, sigma, truncation, stagger=True):
-  return ue.make(name, system, num_particles=particles, sigma=sigma, truncation_length=truncation, stagger=stagger)
+  return make_taking(name, system, num_particles=particles, sigma=sigma, truncation_length=truncation, stagger=stagger)
 
 
 def make_evaluate(task, num_keys, seed=10_000):

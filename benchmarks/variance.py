@@ -36,6 +36,7 @@ from jax.flatten_util import ravel_pytree
 
 import unrolled_es_tasks as tasks
 import unrolled_es as ue
+from benchmarks.common import make_taking
 from unrolled_es.core.system import episode_losses
 
 ONLINE = ("pes", "es_single", "truncated_es", "truncated_bptt")
@@ -82,8 +83,7 @@ PRESETS = {
 
 
 def make_estimator(name, system, sigma, particles, k, noise=None):
-  return ue.make(name, system, num_particles=particles, sigma=sigma, truncation_length=k, stagger=False,
-                 noise=noise)
+  return make_taking(name, system, num_particles=particles, sigma=sigma, truncation_length=k, stagger=False, noise=noise)
 
 
 def episode_estimates(est, theta, num_windows, repeats, seed):

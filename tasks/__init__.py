@@ -19,10 +19,15 @@ _MODULES = {
 NAMES = tuple(_MODULES)
 
 
-def get(name: str, **kwargs) -> Task:
+def function(name: str):
+  """The function that builds task `name` (its signature lists the task's options)."""
   if name not in _MODULES:
     raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(NAMES)}")
-  return getattr(importlib.import_module(_MODULES[name]), name)(**kwargs)
+  return getattr(importlib.import_module(_MODULES[name]), name)
 
 
-__all__ = ["Task", "get", "NAMES"]
+def get(name: str, **kwargs) -> Task:
+  return function(name)(**kwargs)
+
+
+__all__ = ["Task", "get", "function", "NAMES"]
