@@ -142,7 +142,7 @@ def exact_one(cell, theta, y):
   if target == "episode":
     return jax.tree_util.tree_map(lambda s: jnp.mean(s, 0)[None], g)
   if option == "horizons":
-    return jax.tree_util.tree_map(horizon_windows, g)
+    return jax.tree_util.tree_map(lambda s: horizon_windows(s)[:windows(cell)], g)
   return jax.tree_util.tree_map(lambda s: s.reshape((T // K, K) + s.shape[1:]).mean(1)[:windows(cell)], g)
 
 
@@ -162,7 +162,7 @@ def exact(cell):
 def assert_unbiased(samples, target, low_precision, what):
   for s, e in zip(jax.tree_util.tree_leaves(samples), jax.tree_util.tree_leaves(target)):
     s, e = np.asarray(s, np.float64), np.asarray(e, np.float64)
-    s = s[:, :e.shape[0]]
+    assert s.shape[1:] == e.shape, (what, s.shape, e.shape)
     mean, se = s.mean(0), s.std(0, ddof=1) / np.sqrt(len(s))
     allowance = (2.0 ** -8 if low_precision else 1e-5) * (np.abs(e) + np.abs(mean)) + 1e-6
     excess = np.abs(mean - e) - Z * se - allowance
