@@ -46,6 +46,8 @@ def full_bptt(system, *, num_particles=1, mask=None, mesh=None, diagnostics=Fals
   mask:               θ-shaped pytree of bools, or None: coordinates outside it get a zero gradient.
   mesh:               a jax.sharding.Mesh with a "particles" axis (ue.particle_mesh()): particles split over
                       its devices, N a multiple of their number; None: one device.
+  diagnostics:        True: info also holds variance_ratio, effective_particles and gradient_variance,
+                      the estimate's spread over its particles.
 
   Memory grows with T (the whole episode's activations are kept for the backward pass).
 

@@ -137,6 +137,8 @@ def uoro(system, *, truncation_length, num_particles=1, stagger=True, mask=None,
   mask:               θ-shaped pytree of bools, or None: coordinates outside it get a zero gradient.
   mesh:               a jax.sharding.Mesh with a "particles" axis (ue.particle_mesh()): particles split over
                       its devices, N a multiple of their number; None: one device.
+  diagnostics:        True: info also holds variance_ratio, effective_particles and gradient_variance,
+                      the estimate's spread over its particles.
 
   The step must be differentiable in the state and θ; θ's influence through init is not carried.
 
