@@ -4,9 +4,9 @@
 
 For each task (unrolled_es_tasks.rnn_char: a character LSTM; unrolled_es_tasks.learned_optimizer: a per-parameter
 MLP optimizer training MLP classifiers) and each name in `ue.registered()` (aliases of one constructor once),
-the estimator is built with `ue.make(name, system, num_particles=N, sigma=σ, truncation_length=K)` at the task's
-published σ and K, and its `estimate` and `init` are traced, lowered and compiled ahead of time
-(`jax.jit(f).lower(...).compile()`), nothing executed: the seconds a user waits before the first call returns,
+the estimator is built with `ue.make(name, system, ...)` from num_particles=N, sigma=σ, truncation_length=K (those
+it takes) at the task's published σ and K, and its `estimate` and `init` are traced, lowered and compiled ahead of
+time (`jax.jit(f).lower(...).compile()`), nothing executed: the seconds a user waits before the first call returns,
 apart from the run itself. Both stages are reported: tracing and lowering (Python: the library's and the task's
 code) and XLA's compile. ES-Single with factored rank-1 noise is added as its own row (the fast path compiles a
 different step). int_es needs an int8 θ, so it is timed on its own task (unrolled_es_tasks.int_lm) instead.
@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 import unrolled_es as ue
-from benchmarks.common import preset_arguments, write_json_atomic
+from benchmarks.common import make_taking, preset_arguments, write_json_atomic
 
 PRESETS = {
   "default": dict(tasks={"rnn_char": {}, "learned_optimizer": {}, "int_lm": {}}, particles=64, repeats=1),
@@ -57,7 +57,7 @@ def build(name, task, particles):
     kwargs["noise"] = noise()
   if base in INTEGER_ONLY:
     kwargs = dict(num_particles=particles)
-  return ue.make(base, task.system, **kwargs)
+  return make_taking(base, task.system, **kwargs)   # each estimator keeps the options it takes
 
 
 def compile_seconds(fn, *args):

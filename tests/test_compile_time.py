@@ -17,8 +17,9 @@ def test_every_registered_constructor_is_listed_once():
 def test_a_round_reports_positive_compile_seconds_and_skips_integer_estimators_on_float_tasks():
   spec = dict(particles=2)
   loaded = {"rnn_char": tasks.get("rnn_char", hidden=2, horizon=20)}
-  out = compile_time.one_round(spec, loaded, ["es_single", "int_es"])
-  assert set(out) == {("rnn_char", "es_single")}
+  out = compile_time.one_round(spec, loaded, ["es_single", "full_es", "int_es"])
+  assert set(out) == {("rnn_char", "es_single"), ("rnn_char", "full_es")}
+  assert "error" not in out[("rnn_char", "full_es")]   # built with only the options it takes (no K)
   row = out[("rnn_char", "es_single")]
   for key in ("estimate_trace_lower_s", "estimate_compile_s", "estimate_first_call_cpu_s", "init_compile_s"):
     assert math.isfinite(row[key]) and row[key] > 0, (key, row)
