@@ -120,6 +120,7 @@ def main(argv=None):
   ap.add_argument("--quick", action="store_true", help="a few outer steps on short episodes (a smoke test)")
   ap.add_argument("--export", action="store_true", help="write the newest checkpoint's θ to tasks/data")
   ap.add_argument("--export-to", default=None, help="folder for --export (default: the package's tasks/data)")
+  ap.add_argument("--force", action="store_true", help="--export even if the run's evaluation got worse")
   ap.add_argument("--problems", default=None, help="comma-separated indices into FAMILY (default: all; tests)")
   ap.add_argument("--no-progress", action="store_true")
   a = ap.parse_args(argv)
@@ -132,7 +133,7 @@ def main(argv=None):
   if a.steps is not None:
     s["steps"] = a.steps
   if a.export:
-    return lopt_pretrained.export(a.out, a.export_to)
+    return lopt_pretrained.export(a.out, a.export_to, a.force)
   train(a.out, s, a.max_core_hours, progress=not a.no_progress, problems=problems)
   return 0
 

@@ -90,8 +90,20 @@ def _log_records(run_dir):
   return [r for r in records if any(k.startswith("eval_") for k in r)]
 
 
-def export(run_dir: str, data_dir: str | None = None) -> int:
-  """Writes θ of `run_dir`'s newest valid checkpoint, its metadata and the evaluation log into `data_dir`."""
+def _regressed(log):
+  """The run's newest evaluation scores worse than its first (θ0): exporting would ship a worse optimizer."""
+  scores = [r["eval_valid_mean"] for r in log if "eval_valid_mean" in r]
+  return len(scores) >= 2 and scores[-1] > scores[0]
+
+
+def export(run_dir: str, data_dir: str | None = None, force: bool = False) -> int:
+  """Writes θ of `run_dir`'s newest valid checkpoint, its metadata and the evaluation log into `data_dir`.
+  Refused (return 1) when the run's newest evaluation is worse than its first, unless `force`."""
+  if _regressed(_log_records(run_dir)) and not force:
+    scores = [r["eval_valid_mean"] for r in _log_records(run_dir) if "eval_valid_mean" in r]
+    print(f"not exported: the run's newest evaluation ({scores[-1]:.4f}) is worse than at step 0 "
+          f"({scores[0]:.4f}); pass --force to export it anyway")
+    return 1
   from unrolled_es.training.checkpoint import restore_latest
   data_dir = DATA_DIR if data_dir is None else data_dir
   spec = LoptSpec(time_features="any")
@@ -111,7 +123,8 @@ def export(run_dir: str, data_dir: str | None = None) -> int:
   argv = ["python", "-m", "benchmarks.lopt_pretrain"] + list(command["argv"][1:])
   meta = {"sha256": _sha256(npz), "outer_step": int(step), "spec": spec._asdict(), "command": shlex.join(argv),
           "background_form": COMMAND,
-          "settings": command["settings"], "last_eval": log[-1] if log else None,
+          "settings": command["settings"], "first_eval": log[0] if log else None,
+          "last_eval": log[-1] if log else None,
           "note": f"theta of outer step {int(step)} of {command['settings']['steps']} planned (the newest "
                   "checkpoint at export time)"}
   with open(os.path.join(data_dir, NAME + ".json"), "w") as f:

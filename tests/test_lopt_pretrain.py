@@ -10,7 +10,7 @@ from unrolled_es_tasks import lopt_pretrained
 
 def _theta(run, tmp_path, name):
   out = tmp_path / name
-  lopt_pretrained.export(str(run), str(out))
+  lopt_pretrained.export(str(run), str(out), force=True)
   theta, spec, meta = lopt_pretrained.load(str(out))
   return theta, spec, meta
 
@@ -38,3 +38,9 @@ def test_cpu_budget_stops_a_run(tmp_path):
   assert budget(1, None, {}) is True
   assert json.loads((tmp_path / "cpu_seconds.json").read_text())["step"] == 1
   assert lopt_pretrain.CpuBudget(str(tmp_path), 1.0, 1).before > 0       # a later sitting counts the earlier ones
+
+
+def test_export_refuses_a_run_whose_evaluation_got_worse():
+  log = [{"step": 0, "eval_valid_mean": 0.30}, {"step": 500, "eval_valid_mean": 0.35}]
+  assert lopt_pretrained._regressed(log) and not lopt_pretrained._regressed(log[:1])
+  assert not lopt_pretrained._regressed([log[1], log[0]])
