@@ -269,7 +269,8 @@ def big_run(spec, b, log):
   log(f"  big run: {b}: {t * 1e3:.2f} ms per estimate, {median_ratio(times, 'estimate', 'bare'):.2f}x bare, "
       f"{int(info['num_valid'])} valid")
   return dict(b, estimator="es_single", noise="low_rank1_factored", seconds=t, bare_seconds=tb,
-              ratio_to_bare=median_ratio(times, "estimate", "bare"), particle_steps_per_s=n * k / t, member_steps_per_s=2 * n * k / t,
+              ratio_to_bare=median_ratio(times, "estimate", "bare"), particle_steps_per_s=n * k / t,
+              member_steps_per_s=2 * n * k / t,
               gradient_finite=finite, num_valid=int(info["num_valid"]),
               state_bytes_per_particle=state_bytes_per_particle(state, n), **peak_memory())
 
