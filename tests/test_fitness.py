@@ -134,3 +134,15 @@ def test_ars_transforms_need_the_members_losses():
     ue.fitness.ars(2).transform(diffs, valid)
   with pytest.raises(ValueError, match="top must be"):
     ue.fitness.top_directions(0)
+
+
+def test_an_estimator_hands_the_members_losses_to_ars_transforms():
+  """Through es_single: keeping all N directions is the raw estimate; keeping 2 keeps 2 and changes it."""
+  system = linear_system(7)
+  kw = dict(num_particles=8, sigma=0.1, truncation_length=3)
+  run = lambda e: jax.jit(e.estimate)(KEY, THETA, e.init(KEY, THETA))
+  raw, _, _ = run(ue.es_single(system, **kw))
+  every, _, _ = run(ue.es_single(system, fitness=ue.fitness.top_directions(8), **kw))
+  two, _, info = run(ue.es_single(system, fitness=ue.fitness.top_directions(2), **kw))
+  np.testing.assert_allclose(every["w"], raw["w"], rtol=1e-6)
+  assert int(info["num_kept"]) == 2 and not np.allclose(two["w"], raw["w"])

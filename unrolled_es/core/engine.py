@@ -130,7 +130,7 @@ def es_gradient(rule, s: Settings, out: Outcome, theta):
   """Loss differences → (the fitness transform) → per-particle coefficients → the estimate in θ's shape and
   dtypes. Returns (estimate, the transform's info)."""
   diffs = rule.pairing.differences(out.losses, out.valid)
-  diffs, extra = (diffs, {}) if s.fitness is None else s.fitness.transform(diffs, out.valid)
+  diffs, extra = (diffs, {}) if s.fitness is None else s.fitness.transform(diffs, out.valid, out.losses)
   c = gradient.coefficients(diffs, out.after_reset, out.valid, s.sigma, s.truncation_length)
   grad = gradient.combine(s.noise, c, out.weight, out.eps_post, theta)
   if s.diagnostics:
