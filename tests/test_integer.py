@@ -12,7 +12,7 @@ import unrolled_es as ue
 from unrolled_es_tasks import int_lm
 from unrolled_es import cli
 from unrolled_es.layers import integer as il
-from unrolled_es.population import integer_vote as inz
+from unrolled_es.noise import integer as inz
 from unrolled_es.core.system import UnrolledSystem
 
 

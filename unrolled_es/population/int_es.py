@@ -2,7 +2,7 @@
 training: Sarkar et al., "Evolution Strategies at the Hyperscale", 2025).
 
 θ is a pytree of int8 arrays: matrices [m, n] (applied by `integer_layers.linear` / `embed`) and vectors or
-scalars. Every step, each of N particles draws int8 noise from its own key (unrolled_es.population.integer_vote: low-rank
+scalars. Every step, each of N particles draws int8 noise from its own key (unrolled_es.noise.integer: low-rank
 factors for matrices, applied inside the int32 matmuls; an elementwise product of two draws for vectors), with a
 perturbation of √r·2^(−sigma_shift) in real units (weights are 16× their real values). Its two members θ ± ε run
 the same `episodes` whole episodes (common random numbers), and its fitness is
@@ -41,7 +41,7 @@ from unrolled_es.core.system import UnrolledSystem, check_int, check_positive_fl
 from unrolled_es.estimators.registry import register
 from unrolled_es.layers.integer import FIXED_POINT, MAX, check_fan_in
 from unrolled_es.population.base import PopulationMethod, as_estimator, mean_episode_loss
-from unrolled_es.population.integer_vote import (DIFFERENCE_LIMIT, FITNESS, alpha_at, apply_moves, moves, pair_fitness,
+from unrolled_es.noise.integer import (DIFFERENCE_LIMIT, FITNESS, alpha_at, apply_moves, moves, pair_fitness,
                                                  perturb, sample)
 
 _Z_BOUND = 2 ** 31 - 1            # N·r·127²·max|f| must stay below it
