@@ -85,7 +85,9 @@ def test_gap_to_full_rank_es_shrinks_as_rank_grows():
 @pytest.mark.parametrize("stagger", [True, False])
 def test_kept_draws_give_the_regenerated_estimates_bit_for_bit(horizon, stagger):
   """ES-Single keeps compact (low-rank) draws in its state and draws only the particles that reset (at most the
-  budget of a staggered window; all of them otherwise): the same numbers as regenerating every draw."""
+  budget of a staggered window; all of them otherwise): the same numbers as regenerating every draw, to float32
+  rounding (the two are different XLA programs, and on some CPUs XLA fuses their arithmetic differently: measured
+  relative differences of 1e-6, where a wrong or stale draw changes the estimate by O(1))."""
   system, key = matrix_system(horizon), jax.random.PRNGKey(3)
   kept_noise = ue.low_rank(1, factored=True)
   regenerated = kept_noise._replace(compact=False)
@@ -102,4 +104,4 @@ def test_kept_draws_give_the_regenerated_estimates_bit_for_bit(horizon, stagger)
   for (a, ra), (b, rb) in zip(out["kept"], out["regenerated"]):
     assert ra == rb
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-      np.testing.assert_array_equal(x, y)
+      np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
