@@ -101,3 +101,12 @@ def make_taking(name, system, **options):
   one set of settings (full ES has no truncation length, BPTT no σ), while `ue.make` itself refuses the others."""
   import unrolled_es as ue
   return ue.make(name, system, **{k: v for k, v in options.items() if k in ue.estimator_options(name)})
+
+
+def check_choices(parser, checks):
+  """parser.error naming the option and its allowed values for any (option, given, allowed) whose given values are
+  not all allowed."""
+  for what, given, allowed in checks:
+    unknown = set(given) - set(allowed)
+    if unknown:
+      parser.error(f"--{what} must be drawn from {', '.join(allowed)}; got {', '.join(sorted(unknown))}")

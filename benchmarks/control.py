@@ -42,7 +42,7 @@ import optax
 import unrolled_es_tasks as tasks
 import unrolled_es_tasks.control_envs
 import unrolled_es as ue
-from benchmarks.common import make_taking
+from benchmarks.common import make_taking, check_choices
 from unrolled_es_tasks.control_policies import apply_policy, to_action
 from unrolled_es_tasks.observation_norm import normalize
 
@@ -278,10 +278,7 @@ def parse_args(argv):
   p.add_argument("--seeds", type=int, default=None)
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
-  for what, given, allowed in (("envs", args.envs, ENVS), ("methods", args.methods, METHODS)):
-    unknown = set(given) - set(allowed)
-    if unknown:
-      p.error(f"--{what} must be drawn from {', '.join(allowed)}; got {', '.join(sorted(unknown))}")
+  check_choices(p, (("envs", args.envs, ENVS), ("methods", args.methods, METHODS)))
   return args
 
 

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 import unrolled_es_tasks as tasks
+from benchmarks.common import check_choices
 from benchmarks import control as control_benchmark
 
 THRESHOLDS = {"Hopper-v5": 3120.0, "HalfCheetah-v5": 3430.0, "Walker2d-v5": 4390.0, "Ant-v5": 3580.0}
@@ -107,10 +108,7 @@ def parse_args(argv):
   p.add_argument("--budget", type=int, default=None, help="env steps per run (default: ENVS, /50 with --quick)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
-  for what, given, allowed in (("envs", args.envs, ENVS), ("methods", args.methods or (), METHODS)):
-    unknown = set(given) - set(allowed)
-    if unknown:
-      p.error(f"--{what} must be drawn from {', '.join(allowed)}; got {', '.join(sorted(unknown))}")
+  check_choices(p, (("envs", args.envs, ENVS), ("methods", args.methods or (), METHODS)))
   return args
 
 
