@@ -20,6 +20,8 @@ class Task(NamedTuple):
              a zero gradient (e.g. the control task's observation statistics). None: every leaf is trained.
   after_update: optional `after_update(theta, est_state) -> theta`, pure and jit-able, run after each optimizer
              update (e.g. the control task merging the observation statistics its particles gathered).
+  counters:  optional `counters(theta) -> dict of numbers`: cumulative counts that θ keeps, logged beside each
+             record and shown per second in the progress bar (the control task's simulated env steps).
   extra_systems: (system, weight) pairs of further inner problems that share θ but not `system`'s shapes (e.g.
              other widths of the network a learned optimizer trains); the command line builds one estimator per
              system and combines them with `unrolled_es.multi_task` (`system` has weight 1).
@@ -33,3 +35,4 @@ class Task(NamedTuple):
   mask: Any = None
   after_update: Callable[[Any, Any], Any] | None = None
   extra_systems: tuple = ()
+  counters: Callable[[Any], dict] | None = None

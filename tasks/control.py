@@ -116,7 +116,14 @@ def control(env="CartPole-v1", policy="linear", hidden=(32, 32), bias=False, sto
   settings["truncation_length"] = min(settings["truncation_length"], horizon)
   return Task(name="control", system=system, theta0=theta0,
               evaluate=make_evaluate(system, cfg["num_eval"], cfg["reward_shift"]),
-              settings=settings, mask=mask, after_update=update_obs_norm if cfg["normalize_obs"] else None)
+              settings=settings, mask=mask, after_update=update_obs_norm if cfg["normalize_obs"] else None,
+              counters=env_steps if cfg["normalize_obs"] else None)
+
+
+def env_steps(theta) -> dict:
+  """The env steps simulated in training so far (the observation statistics count every running member's step;
+  a member frozen after its episode ended adds none): what ARS counts, and what the progress bar shows per second."""
+  return {"env_steps": theta["obs_norm"]["count"]}
 
 
 def _check_shift(env, reward_shift):

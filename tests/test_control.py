@@ -350,17 +350,19 @@ def test_swimmer_reset_distribution():
   np.testing.assert_array_equal(obs, np.concatenate([state["qpos"][:, 2:], state["qvel"]], axis=1))
 
 
-def test_the_command_line_trains_cartpole_with_a_plot_and_resumes_exactly(tmp_path):
+def test_the_command_line_trains_cartpole_with_a_plot_and_resumes_exactly(tmp_path, capsys):
   """`unrolled-es train --task control --task-arg env=CartPole-v1 --estimator es_single` stopped after 3 steps and
-  resumed to 6 writes the same records and final θ as an uninterrupted 6-step run, and draws its plot."""
+  resumed to 6 writes the same records and final θ as an uninterrupted 6-step run, and draws its plot. Its progress
+  bar shows the simulated env steps per second, and its records the env steps so far."""
   import json
   from unrolled_es.training import checkpoint as ckpt
   from unrolled_es.cli import command as cli
   args = ["train", "--task", "control", "--task-arg", "env=CartPole-v1", "--task-arg", "horizon=20",
-          "--estimator", "es_single", "--particles", "4", "--truncation", "5", "--eval-every", "3",
-          "--no-progress", "--no-report"]
+          "--estimator", "es_single", "--particles", "4", "--truncation", "5", "--eval-every", "3", "--no-report"]
   full, part = tmp_path / "full", tmp_path / "part"
   assert cli.main([*args, "--steps", "6", "--out", str(full)]) == 0
+  assert "env_steps/s=" in capsys.readouterr().err
+  args.append("--no-progress")
   assert cli.main([*args, "--steps", "3", "--out", str(part)]) == 0
   assert cli.main(["train", "--out", str(part), "--resume", "--steps", "6", "--no-progress", "--no-report"]) == 0
 
@@ -368,6 +370,10 @@ def test_the_command_line_trains_cartpole_with_a_plot_and_resumes_exactly(tmp_pa
     with open(out / "metrics.jsonl") as f:
       return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in f]
   assert records(part) == records(full) and records(full)[-1]["step"] == 6
+  # Simulated env steps: they grow, and never pass the member steps run (a member that fell is not simulated).
+  env_steps = [r["env_steps"] for r in records(full)]
+  assert env_steps[0] == 0 and all(b >= a for a, b in zip(env_steps, env_steps[1:]))
+  assert 0 < env_steps[-1] <= records(full)[-1]["total_inner_steps"]
   last = lambda d: ckpt.list_checkpoints(str(d / "checkpoints"))[-1][1]
   assert [r.tobytes() for r in ckpt._read(last(part))[1]] == [r.tobytes() for r in ckpt._read(last(full))[1]]
   assert (full / "meta_loss.png").stat().st_size > 0

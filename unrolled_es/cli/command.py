@@ -51,7 +51,8 @@ def _train(estimator, optimizer, task, cfg, out, resume, progress, tensorboard=F
                  metrics_path=os.path.join(out, "metrics.jsonl"), sequential_steps_per_update=sequential,
                  progress=progress, progress_desc=f"{cfg['task']}/{cfg['estimator']}",
                  after_update=getattr(task, "after_update", None),
-                 tensorboard_dir=os.path.join(out, "tensorboard") if tensorboard else None)
+                 tensorboard_dir=os.path.join(out, "tensorboard") if tensorboard else None,
+                 counters=getattr(task, "counters", None))
   except CheckpointError as e:
     raise UsageError(f"{e}; pass --overwrite to start over") from None
   except ValueError as e:  # the library's argument checks, e.g. a theta the estimator cannot perturb

@@ -130,7 +130,7 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
           resume: bool = False, config: dict | None = None, metrics_path: str | None = None,
           sequential_steps_per_update: int | None = None, callback: Callable | None = None,
           progress: bool = True, progress_desc: str = "train", after_update: Callable | None = None,
-          tensorboard_dir: str | None = None) -> TrainResult:
+          tensorboard_dir: str | None = None, counters: Callable | None = None) -> TrainResult:
   """Runs `steps` outer steps of `optimizer` on the estimator's gradient, starting from `theta`.
 
   estimator:     a GradientEstimator (`init(key, theta)`, `estimate(key, theta, state)`).
@@ -168,9 +168,9 @@ def train(estimator, optimizer: optax.GradientTransformation, theta, key, *, ste
   loop = _Loop(make_outer_step(estimator, optimizer, after_update), jax.jit(evaluate) if evaluate else None,
                train_key, eval_key, steps, eval_every, log_every, checkpoint_every, sequential_steps_per_update,
                callback, _Recorder(metrics, metrics_path, _tensorboard_writer(tensorboard_dir)),
-               _Clock(run.wall, run.total),
+               _Clock(run.wall, run.total, _counts(counters, run.theta)),
                functools.partial(_save, checkpoint_dir, fingerprint, key, keep_checkpoints, metrics),
-               _progress_bar(progress, steps, run.step, progress_desc))
+               _progress_bar(progress, steps, run.step, progress_desc), counters)
   run = _run_and_close(loop, run)
   del metrics[run.num_records:]
   return TrainResult(run.theta, run.opt_state, run.est_state, run.step, metrics, run.num_skipped)
@@ -251,17 +251,27 @@ def _tensorboard_writer(logdir):
   return SummaryWriter(logdir)
 
 
-class _Clock:
-  """Wall time summed over resumes, and this session's inner steps per second."""
+def _counts(counters, theta) -> dict:
+  return {} if counters is None else _scalars(jax.device_get(counters(theta)))
 
-  def __init__(self, wall0, inner0):
-    self.wall0, self.inner0, self.start = wall0, inner0, time.perf_counter()
+
+class _Clock:
+  """Wall time summed over resumes, and this session's inner steps (and counters) per second."""
+
+  def __init__(self, wall0, inner0, counts0):
+    self.wall0, self.inner0, self.counts0, self.start = wall0, inner0, counts0, time.perf_counter()
 
   def wall(self):
     return self.wall0 + time.perf_counter() - self.start
 
   def inner_per_second(self, total):
     return (total - self.inner0) / max(time.perf_counter() - self.start, 1e-9)
+
+  def rates(self, record) -> dict:
+    """Each counter's growth per second since this session started, from a record that holds its value."""
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    return {f"{k}/s": (record[k] - v) / elapsed for k, v in self.counts0.items()
+            if record.get(k) is not None and v is not None}
 
 
 class _Loop(NamedTuple):
@@ -280,6 +290,7 @@ class _Loop(NamedTuple):
   clock: _Clock
   save: Callable
   bar: Any
+  counters: Callable | None = None
 
 
 def _save(checkpoint_dir, fingerprint, key, keep, metrics, p):
@@ -295,7 +306,8 @@ def _evaluate_start(loop: _Loop, run: _Progress) -> _Progress:
   """The evaluation of the starting θ, once per run (not again on resume)."""
   if loop.eval_fn is None or run.step != 0 or loop.recorder.records:
     return run
-  record = {"step": 0, "total_inner_steps": run.total, "sequential_inner_steps": 0, "wall_time": 0.0}
+  record = {"step": 0, "total_inner_steps": run.total, "sequential_inner_steps": 0, "wall_time": 0.0,
+            **_counts(loop.counters, run.theta)}
   record.update(_scalars(jax.device_get(loop.eval_fn(run.theta, loop.eval_key)), "eval_"))
   loop.recorder.emit(record)
   return run._replace(num_records=len(loop.recorder.records))
@@ -336,7 +348,7 @@ def _after_step(loop: _Loop, run: _Progress, record, logged, last_eval):
     loop.bar.update(1)
     if logged:
       last_eval = record.get("eval_meta_loss", last_eval)
-      _postfix(loop.bar, record, loop.clock.inner_per_second(run.total), last_eval)
+      _postfix(loop.bar, record, loop.clock.inner_per_second(run.total), last_eval, loop.clock.rates(record))
   if loop.checkpoint_every and run.step % loop.checkpoint_every == 0 or run.step == loop.steps or stop:
     loop.save(run)
   return stop, last_eval
@@ -351,6 +363,7 @@ def _one_step(loop: _Loop, run: _Progress):
   do_eval = loop.eval_fn is not None and (n == loop.steps or (loop.eval_every and n % loop.eval_every == 0))
   if do_eval:
     record.update(_scalars(jax.device_get(loop.eval_fn(new_theta, loop.eval_key)), "eval_"))
+  record.update(_counts(loop.counters, new_theta))
   record["wall_time"] = loop.clock.wall()
   skipped, nonfinite = record["skipped"], record["num_nonfinite"]
   if skipped:
@@ -398,9 +411,10 @@ def _progress_bar(enabled, total, initial, desc):
   return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
 
 
-def _postfix(bar, record, inner_per_s, meta_loss):
+def _postfix(bar, record, inner_per_s, meta_loss, rates=()):
   fmt = lambda x: "nan" if x is None else f"{x:.4g}"
   post = {"loss": fmt(record.get("loss")), "inner/s": f"{inner_per_s:.3g}"}
+  post.update({name: f"{rate:.3g}" for name, rate in dict(rates).items()})
   if meta_loss is not None:
     post["meta_loss"] = fmt(meta_loss)
   if record.get("num_skipped"):
