@@ -4,8 +4,8 @@ import shutil
 import sys
 import tempfile
 
-# Tests compile far more than they run. On CPU, XLA's backend optimisations and LLVM's expensive passes take about
-# a third of the suite's time and buy nothing at these sizes; neither changes what is computed. Set before any
+# Tests compile far more than they run. On CPU, XLA's backend optimisations double compile time and buy nothing at
+# these sizes; LLVM's expensive passes add a few per cent more. Neither changes what is computed. Set before any
 # test touches a backend (subprocess tests inherit it).
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 
