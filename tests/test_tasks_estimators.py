@@ -13,7 +13,7 @@ SMALL = {
     "lr_schedule": dict(horizon=4, hidden=(8,)),
     "rnn_char": dict(horizon=4),
     "rnn_copy": dict(horizon=6, copy_length=1, hidden=4),
-    "learned_optimizer": dict(horizon=4, hidden=(8,), lopt_hidden=(8,)),
+    "learned_optimizer": dict(horizon=4, hidden=(8,), lopt_hidden=(8,), datasets=("synthetic",), vary=False),
     "int_lm": dict(model="float", horizon=4, hidden=4, eval_segments=2),  # model="int8" is int_es's: test_integer
     "finetune": dict(horizon=3, prompt=2, eval_prompts=2),
     "control": dict(env="CartPole-v1", horizon=4),
