@@ -253,14 +253,14 @@ def _dense_leaf(e):
 
 
 def _combine_low_rank_leaf(coeffs, e):
-  """Σ_i coeffs[i]·e_i for one leaf: a tensordot for a dense draw, one contraction over (particle, rank) for
-  factors, (m × N·r)(N·r × n) as a GEMM; `einsum` lets XLA contract in the factors' own layout, with no copy
-  of either into the GEMM's."""
+  """Σ_i coeffs[i]·e_i for one leaf: a tensordot for a dense draw, one GEMM (m × N·r)(N·r × n) for factors."""
   if not isinstance(e, LowRank):
     return _weighted_leaf(coeffs, e)
   n, r, rows = e.a.shape[0], e.a.shape[-1], e.a.shape[1:-1]
-  a = e.a.reshape(n, -1, r) * (coeffs.astype(e.a.dtype) / jnp.sqrt(jnp.asarray(r, e.a.dtype)))[:, None, None]
-  return jnp.einsum("nir,njr->ij", a, e.b).reshape(rows + e.b.shape[1:2])
+  a = e.a.reshape(n, -1, r)   # a leaf of rank > 2 over its matricisation
+  left = (a * coeffs.astype(e.a.dtype)[:, None, None]).transpose(1, 0, 2).reshape(a.shape[1], n * r)
+  right = e.b.transpose(1, 0, 2).reshape(e.b.shape[1], n * r)
+  return (left @ right.T / jnp.sqrt(jnp.asarray(r, e.a.dtype))).reshape(rows + e.b.shape[1:2])
 
 
 def low_rank(rank: int = 1, factored: bool = False) -> Noise:
