@@ -17,7 +17,7 @@ def members():
           ue.truncated_bptt(long, num_particles=2, truncation_length=3)]
 
 
-def test_gradient_is_the_weighted_mean_of_the_members_bit_for_bit():
+def test_gradient_is_the_weighted_mean_of_the_members_to_rounding():
   ests, weights = members(), [1.0, 2.0, 5.0]
   combined = ue.multi_task(ests, weights=weights)
   state = combined.init(KEY, THETA)
@@ -26,12 +26,17 @@ def test_gradient_is_the_weighted_mean_of_the_members_bit_for_bit():
   keys = jax.random.split(key, 3)
   alone = [jax.jit(e.estimate)(k, THETA, s) for e, k, s in zip(ests, keys, state)]
   w = np.asarray(weights) / np.sum(weights)
-  expected = jax.tree_util.tree_map(lambda *gs: sum(float(wj) * g for wj, g in zip(w, gs)), *[a[0] for a in alone])
-  for got, want in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(expected)):
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.jit(lambda x: x)(want)))
+  grads = [a[0] for a in alone]
+  expected = jax.tree_util.tree_map(lambda *gs: sum(float(wj) * g for wj, g in zip(w, gs)), *grads)
+  magnitude = jax.tree_util.tree_map(lambda *gs: sum(abs(float(wj) * g) for wj, g in zip(w, gs)), *grads)
+  # To rounding, not bit for bit: inside the estimate XLA may fuse w·g + acc into one multiply-add (its classic CPU
+  # emitters do), which the sum here does not. A few float32 ulps of the terms' size; a wrong weight is off by far
+  # more.
+  for got, want, size in zip(*map(jax.tree_util.tree_leaves, (grad, expected, magnitude))):
+    np.testing.assert_array_less(np.abs(np.asarray(got) - np.asarray(want)), 4 * np.finfo(np.float32).eps * size)
   for member_state, (_, want_state, _) in zip(new_state, alone):
     for a, b in zip(jax.tree_util.tree_leaves(member_state), jax.tree_util.tree_leaves(want_state)):
-      np.testing.assert_array_equal(a, b)
+      np.testing.assert_allclose(a, b, rtol=1e-6)   # one program or three: the same steps, rounded alike or nearly
   assert int(info["inner_steps"]) == sum(int(a[2]["inner_steps"]) for a in alone)
   assert float(info["loss"]) == pytest.approx(sum(wj * float(a[2]["loss"]) for wj, a in zip(w, alone)), rel=1e-6)
   assert float(info["task1/loss"]) == float(alone[1][2]["loss"])
