@@ -62,7 +62,8 @@ def test_two_processes_match_one(tmp_path):
   if not hasattr(jax._src.lib._jax, "make_gloo_tcp_collectives"):   # pylint: disable=protected-access
     pytest.skip("this jaxlib was built without gloo CPU collectives")
   here = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
              PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
   port = free_port()
   procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(i), str(tmp_path / f"{i}.npz")],
