@@ -25,18 +25,14 @@ def threefry2x32(key, x0, x1):
   Jitted, so that it is one call to trace however deeply it is vmapped (an estimate nests vmaps over particles
   and members inside scans and conds, and every primitive of the 20 rounds used to be traced through each level):
   that halved an estimate's trace time. XLA inlines the call, so the compiled program is unchanged."""
-  add, xor = jax.lax.add, jax.lax.bitwise_xor
-  u32 = lambda v: jnp.asarray(v, jnp.uint32)
-  k0, k1 = u32(key[0]), u32(key[1])
-  ks = (k0, k1, xor(xor(k0, k1), np.uint32(0x1BD11BDA)))
-  x0, x1 = add(u32(x0), ks[0]), add(u32(x1), ks[1])
+  k0, k1 = key[0], key[1]
+  ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
   for i in range(5):
     for r in _ROTATIONS[i % 2]:
-      x0 = add(x0, x1)
-      rotated = jax.lax.bitwise_or(jax.lax.shift_left(x1, np.uint32(r)),
-                                   jax.lax.shift_right_logical(x1, np.uint32(32 - r)))
-      x1 = xor(rotated, x0)
-    x0, x1 = add(x0, ks[(i + 1) % 3]), add(add(x1, ks[(i + 2) % 3]), np.uint32(i + 1))
+      x0 = x0 + x1
+      x1 = ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))) ^ x0
+    x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
   return x0, x1
 
 
