@@ -1,7 +1,7 @@
 """What the factored rank-1 correction costs on its own: a shared-W recurrent step over every member's rows, with
 and without σ(xa)bᵀ, outside the engine.
 
-    python -m benchmarks.correction_scaling [--out DIR]
+    python -m benchmarks.correction_scaling [--quick] [--out DIR]
 
 Model: h ← tanh(h W + σ(h a_m) b_mᵀ) for M members of 4 rows each, K = 10 steps in one compiled scan; W is one
 width × width matrix shared by every member (so h W is one GEMM), a_m and b_m each member's rank-1 factors. The
@@ -12,10 +12,9 @@ step, for xa and for adding (xa)bᵀ, against width² for xW).
 
 Compared with benchmarks.profile_window's "unroll − layout" (the same correction inside the engine's unroll), it
 says how much of that stage is the correction's arithmetic and how much the way the engine feeds it. Writes
-correction_scaling.json to --out.
+correction_scaling[_quick].json to --out.
 """
 import argparse
-import json
 import os
 import time
 
@@ -25,8 +24,10 @@ import numpy as np
 
 from benchmarks.common import write_json_atomic
 
-CELLS = ((16, 128), (32, 128), (64, 128), (128, 128), (256, 128), (256, 2048))
-ROWS, K, ROUNDS, SIGMA = 4, 10, 31, 0.01
+CELLS = {"default": ((16, 128), (32, 128), (64, 128), (128, 128), (256, 128), (256, 2048)),
+         "quick": ((16, 8), (32, 8))}
+ROUNDS = {"default": 31, "quick": 3}
+ROWS, K, SIGMA = 4, 10, 0.01
 
 
 def scan_program(width, members, corrected):
@@ -44,12 +45,12 @@ def scan_program(width, members, corrected):
   return jax.jit(lambda h: jax.lax.scan(step, h, None, length=K)[0]), h0
 
 
-def measure(width, members):
+def measure(width, members, rounds):
   programs = [scan_program(width, members, corrected) for corrected in (False, True)]
   for f, h in programs:
     f(h).block_until_ready()
   ratios, extra = [], []
-  for _ in range(ROUNDS):
+  for _ in range(rounds):
     seconds = []
     for f, h in programs:
       start = time.perf_counter()
@@ -63,15 +64,18 @@ def measure(width, members):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--quick", action="store_true", help="two small cells, 3 rounds: checks the pipeline")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
-  rows = [measure(w, m) for w, m in CELLS]
+  preset = "quick" if args.quick else "default"
+  rows = [measure(w, m, ROUNDS[preset]) for w, m in CELLS[preset]]
   print("| width | members | corrected / bare | extra µs per 10 steps | arithmetic share |")
   print("|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['width']} | {r['members']} | {r['x_bare']:.3f} | {r['extra_us_per_window']:.1f} | "
           f"{r['arithmetic_share']:.3f} |")
-  write_json_atomic({"jax": jax.__version__, "rows": rows}, os.path.join(args.out, "correction_scaling.json"))
+  name = "correction_scaling_quick.json" if args.quick else "correction_scaling.json"
+  write_json_atomic({"jax": jax.__version__, "rows": rows}, os.path.join(args.out, name))
 
 
 if __name__ == "__main__":

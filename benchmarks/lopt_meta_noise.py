@@ -15,7 +15,6 @@ against the spread of the per-particle gradients (different problem draws, episo
 Writes lopt_meta_noise_N<particles>.json to --out.
 """
 import argparse
-import json
 import os
 import time
 
