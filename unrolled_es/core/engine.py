@@ -113,8 +113,7 @@ def es_window(system, rule, s: Settings, theta, p, key, active=None):
   losses = _weighted(losses.astype(jnp.float32), step_weights(s, p, horizon, after))
   valid = gradient.finite_particles(losses)
   weight, memory = _weights(rule, s, p, pl, draws)
-  kept = window.draws_after(draws, pl.resets, how.aligned) if how.kept else None
-  new = particles.advance(p, pl, keys, particles.constrain(s.mesh, final), valid, memory, k, kept, horizon)
+  new = particles.advance(p, pl, keys, particles.constrain(s.mesh, final), valid, memory, k, draws.kept, horizon)
   if active is not None:
     new = particles.tree_select(active, new, p)._replace(init_steps=p.init_steps)
     valid &= active

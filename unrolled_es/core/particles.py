@@ -4,6 +4,7 @@ A particle is one noise draw and its M members (the sign of σ each runs with), 
 current episode of length T. Noise is never stored: a particle keeps the key of its current draw and regenerates
 the draw each window. Everything here is per particle and vectorised over the leading axis N.
 """
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -21,7 +22,7 @@ class Particles(NamedTuple):
   windows_since_draw: jax.Array  # [N]
   memory: Any             # the weighting's per-particle memory (PES: the sum ξ of the episode's draws), or None
   init_steps: jax.Array   # inner steps spent by `init` (staggering burn-in), for honest step counts
-  draws: Any = None       # the current draws, kept when they are compact and rarely change (else regenerated)
+  draws: Any = None       # the current draws packed (`pack`), kept when compact and rarely changed (else regenerated)
 
 
 class WindowKeys(NamedTuple):
@@ -65,8 +66,31 @@ def initial(inner_shapes, n: int, members: int, horizon: int, memory, mesh, draw
   p = Particles(inner=zeros(inner_shapes, (n, members)), t=jnp.full((n,), horizon, jnp.int32),
                 horizon=jnp.full((n,), horizon, jnp.int32), noise_key=jnp.zeros((n, 2), jnp.uint32),
                 windows_since_draw=jnp.ones((n,), jnp.int32), memory=memory, init_steps=None,
-                draws=None if draw_shapes is None else zeros(draw_shapes, (n,)))
+                draws=None if draw_shapes is None else pack(zeros(draw_shapes, (n,))))
   return constrain(mesh, p)._replace(init_steps=jnp.zeros((), jnp.int32))
+
+
+def pack(tree):
+  """Per-particle leaves [N, ...] as one [N, D] array per dtype (a tuple, in the order the dtypes first appear).
+
+  A compiled call pays for every array it returns (about 5 µs each on a CPU, as much as a small step's GEMM), so
+  kept draws travel as one array instead of one or two per leaf of θ."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  n = leaves[0].shape[0]
+  dtypes = tuple(dict.fromkeys(x.dtype for x in leaves))
+  return tuple(jnp.concatenate([x.reshape(n, -1) for x in leaves if x.dtype == d], axis=1) for d in dtypes)
+
+
+def unpack(packed, like):
+  """`pack`'s inverse: `like` is one particle's tree (arrays or shapes); returns its leaves with the leading N."""
+  leaves, treedef = jax.tree_util.tree_flatten(like)
+  dtypes = tuple(dict.fromkeys(x.dtype for x in leaves))
+  offsets, out = dict.fromkeys(dtypes, 0), []
+  for x in leaves:
+    group, size = packed[dtypes.index(x.dtype)], math.prod(x.shape)
+    out.append(group[:, offsets[x.dtype]:offsets[x.dtype] + size].reshape(group.shape[:1] + tuple(x.shape)))
+    offsets[x.dtype] += size
+  return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def window_keys(key, n: int, mesh) -> WindowKeys:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from unrolled_es.core import prng
 from unrolled_es.noise import base as noise_base
+from unrolled_es.core import particles
 from unrolled_es.core.particles import constrain, tree_select
 from unrolled_es.core.system import step_key
 
@@ -21,9 +22,11 @@ _ROUNDING = 0x5EED  # folded into a draw's key for the stochastic rounding of lo
 
 
 class Draws(NamedTuple):
-  """Each particle's unit-scale draw before a reset in the window, and the draw of the episode after it."""
+  """Each particle's unit-scale draw before a reset in the window, and the draw of the episode after it; `kept`:
+  the draws in force at the window's end, packed (particles.pack), when the state keeps them."""
   pre: Any
   post: Any
+  kept: Any = None
 
 
 class Member(NamedTuple):
@@ -75,21 +78,32 @@ def draw(noise, theta, p, plan, keys, how: DrawSettings) -> Draws:
   """This window's draws: one per particle when aligned, else the current one and the new episodes' ones (zeros
   for the particles that do not reset)."""
   sample = jax.vmap(noise.sample, (0, None))
+  if how.kept:
+    return _kept_draws(noise, sample, theta, p, plan, keys, how)
   joint = (lambda eps: eps) if noise.joint is None else (lambda eps: noise.joint(eps, keys.draw[0]))
   if how.aligned:
     change, new_keys = plan.resets | plan.redraw, jnp.where(plan.resets[:, None], keys.reset, plan.draw_key)
-    eps = (replace_some(sample, theta, p.draws, change, new_keys, how.budget, how.mesh) if how.kept else
-           joint(_materialised(sample, theta, new_keys, change, p.noise_key, how.mesh)))
+    eps = joint(_materialised(sample, theta, new_keys, change, p.noise_key, how.mesh))
     return Draws(eps, eps)
-  pre = (replace_some(sample, theta, p.draws, plan.redraw, plan.draw_key, how.budget, how.mesh) if how.kept else
-         joint(_materialised(sample, theta, plan.draw_key, plan.redraw, p.noise_key, how.mesh)))
+  pre = joint(_materialised(sample, theta, plan.draw_key, plan.redraw, p.noise_key, how.mesh))
   zeros = jax.tree_util.tree_map(jnp.zeros_like, pre)
   return Draws(pre, replace_some(sample, theta, zeros, plan.resets, keys.reset, how.budget, how.mesh))
 
 
-def draws_after(draws: Draws, resets, aligned: bool):
-  """The draws in force when the window ends (kept in the state for the next window)."""
-  return draws.pre if aligned else tree_select(resets, draws.post, draws.pre)
+def _kept_draws(noise, sample, theta, p, plan, keys, how: DrawSettings) -> Draws:
+  """`draw` for a state that keeps its draws (packed): only the particles that change draw anew."""
+  one = jax.eval_shape(noise.sample, keys.draw[0], theta)
+  packed = lambda k, th: particles.pack(sample(k, th))
+  unpack = lambda x: particles.unpack(x, one)
+  if how.aligned:
+    change, new_keys = plan.resets | plan.redraw, jnp.where(plan.resets[:, None], keys.reset, plan.draw_key)
+    kept = replace_some(packed, theta, p.draws, change, new_keys, how.budget, how.mesh)
+    eps = unpack(kept)
+    return Draws(eps, eps, kept)
+  pre = replace_some(packed, theta, p.draws, plan.redraw, plan.draw_key, how.budget, how.mesh)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, pre)
+  post = replace_some(packed, theta, zeros, plan.resets, keys.reset, how.budget, how.mesh)
+  return Draws(unpack(pre), unpack(post), tree_select(plan.resets, post, pre))
 
 
 def _switch_on_count(change, budget, none, some, every):
