@@ -107,6 +107,8 @@ def es_method(name):
       t0 = time.perf_counter()
       settings = dict(num_particles=cfg["num_particles"], sigma=cfg["sigma"],
                       truncation_length=cfg["truncation_length"], stagger=cfg["stagger"], mask=task.mask)
+      if cfg.get("shaping") is not None:   # the task's published fitness (ARS's top-b directions on Hopper)
+        settings["fitness"] = ue.fitness.named(cfg["shaping"])
       # full ES runs whole episodes: it takes no K and no stagger
       est = make_taking(name, task.system, **settings)
       cache["optimizer"] = make_optimizer(cfg["optimizer"], cfg["outer_lr"])
@@ -194,7 +196,7 @@ def study(env_id, methods, seeds, budget, stagger, num_evals, overrides=None):
   evaluate = make_evaluate(task)
   out = {}
   for name in methods:
-    cfg = dict(task.settings, stagger=stagger, **(overrides or {}).get(name, {}))
+    cfg = dict({"stagger": stagger}, **task.settings, **(overrides or {}).get(name, {}))   # a task's own stagger wins
     runs, cache = [], {}
     for seed in range(seeds):
       rec = {"env_steps": [], "wall_time": [], "eval": []}

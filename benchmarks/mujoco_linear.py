@@ -84,7 +84,7 @@ def run_env(env_id, methods, mode, seeds, budget=None):
   task = task._replace(settings=dict(task.settings, env_id=env_id))
   out = {}
   for name in methods:
-    cfg = dict(task.settings, stagger=mode["stagger"])
+    cfg = dict({"stagger": mode["stagger"]}, **task.settings)   # a task's own stagger (Hopper: none) wins
     runs = train_runs(task, name, cfg, seeds, budget, mode["num_evals"])
     final = [r["eval"][-1]["return"] for r in runs]
     simulated, wall = sum(r["env_steps"][-1] for r in runs), sum(r["wall_time"][-1] for r in runs)

@@ -2,7 +2,8 @@
 
 Options come, in order of precedence, from the command line, the saved run (with --resume) and the task's
 published settings (`Task.settings`: "num_particles", "sigma", "truncation_length", "outer_lr", "optimizer",
-"steps" and, where the task publishes one, "estimator"). An estimator gets only the options it takes
+"steps" and, where the task publishes them, "estimator", "stagger" and "shaping", the last two for estimators that
+take them). An estimator gets only the options it takes
 (`unrolled_es.estimator_options`): a flag that does not apply to it is an error, or, for flags with a sensible
 meaning elsewhere (--antithetic, --stagger, --sigma, --truncation), a note on stderr that it is ignored.
 """
@@ -76,6 +77,10 @@ def fill_from_task(cfg, task, ctor):
   for k, v in defaults.items():
     if cfg.get(k) is None:
       cfg[k] = v
+  # Published only for the estimators that take them: a task's ARS-style choices do not refuse BPTT.
+  for k, param in (("stagger", "stagger"), ("shaping", "fitness")):
+    if cfg.get(k) is None and param in takes and s.get(k) is not None:
+      cfg[k] = s[k]
   for k, param in (("antithetic", "antithetic"), ("stagger", "stagger"), ("sigma", "sigma"),
                    ("truncation", "truncation_length")):
     if param not in takes:

@@ -83,7 +83,7 @@ def _robustness(cfg, takes):
   if cfg.get("clip_differences") is not None:
     transforms.append(unrolled_es.fitness.clipped(cfg["clip_differences"]))
   if cfg.get("shaping") is not None:
-    transforms.append(getattr(unrolled_es.fitness, cfg["shaping"])())
+    transforms.append(unrolled_es.fitness.named(cfg["shaping"]))
   if transforms:
     if "fitness" not in takes:
       raise UsageError(f"estimator {cfg['estimator']!r} has no loss differences to shape or clip")

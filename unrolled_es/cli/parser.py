@@ -8,7 +8,6 @@ import ast
 import math
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "integer")  # integer: int8 θ (unrolled_es.saturating_steps)
-SHAPINGS = ("centered_ranks", "z_scores")
 NOISES = ("gaussian", "low_rank")
 
 
@@ -44,6 +43,15 @@ def _devices(text):
   if n < 1:
     raise argparse.ArgumentTypeError(f"expected 'all' or a positive integer, got {text!r}")
   return n
+
+
+def _shaping(text):
+  from unrolled_es.options.fitness import named   # the one parser of these names (it imports jax: only when given)
+  try:
+    named(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+  return text
 
 
 def _horizons(text):
@@ -113,7 +121,9 @@ def _noise_options(t):
   t.add_argument("--devices", type=_devices, help="split particles over a mesh of 'all' devices or the first N")
   t.add_argument("--horizons", type=_horizons, metavar="SCHEDULE", help="per-episode lengths drawn at each reset: "
                  "constant:T or log_uniform:LOW:HIGH (default: the task's fixed horizon)")
-  t.add_argument("--shaping", choices=SHAPINGS, help="fitness shaping of the loss differences (biased; default none)")
+  t.add_argument("--shaping", type=_shaping, metavar="FITNESS",
+                 help="fitness shaping of the loss differences (biased; default none, or the task's): centered_ranks, "
+                      "z_scores, reward_std, top_directions:B (ARS's B best directions), ars or ars:B")
   t.add_argument("--clip-differences", type=pos_float, metavar="C",
                  help="limit each particle's window-mean loss difference to [-C, C]")
   t.add_argument("--clip-gradient", type=pos_float, metavar="C", help="limit the estimate's global norm to C")

@@ -157,3 +157,25 @@ def check(fitness):
     raise ValueError(f"fitness must be None (the raw loss differences, unbiased) or an unrolled_es.fitness "
                      f"transform (clipped, centered_ranks, z_scores, top_directions, reward_std, ars, chain); got {fitness!r}")
   return fitness
+
+
+# What `named` accepts: the transforms that a name (and, for some, one integer) fully describes.
+NAMED = {"centered_ranks": centered_ranks, "z_scores": z_scores, "reward_std": reward_std,
+         "top_directions": top_directions, "ars": ars}
+NAMED_FORMS = ("centered_ranks", "z_scores", "reward_std", "top_directions:B", "ars", "ars:B")
+
+
+def named(spec: str) -> Fitness:
+  """The transform a short text names, as command lines and task settings give it: "centered_ranks", "z_scores",
+  "reward_std", "top_directions:B" (B the directions kept), "ars" or "ars:B"."""
+  name, _, arg = str(spec).partition(":")
+  takes_arg = name in ("top_directions", "ars")
+  if name not in NAMED or (arg and not takes_arg) or (name == "top_directions" and not arg):
+    raise ValueError(f"fitness {spec!r} is not one of: {', '.join(NAMED_FORMS)}")
+  if not arg:
+    return NAMED[name]()
+  try:
+    count = int(arg)
+  except ValueError:
+    raise ValueError(f"fitness {spec!r}: B must be a positive integer, got {arg!r}") from None
+  return NAMED[name](count)
