@@ -6,7 +6,8 @@ estimators, on native MuJoCo.
 What is run: the control task's linear policy (W = 0 at the start, ARS V2 observation normalisation kept in θ and
 merged after every update, ARS's survival-bonus shift in the training loss only) on Gymnasium's Hopper-v5,
 HalfCheetah-v5, Walker2d-v5 and Ant-v5 (tasks/mujoco_native.py: returns as Gymnasium scores them), with the
-task's settings (σ = ARS's ν, Adam at ARS's α/√b, N = 32 pairs, K = T for falling bodies; tasks/control.py), for
+task's settings (σ = ARS's ν, Adam at ARS's α/√b, N = 32 pairs, K = T for falling bodies; on Hopper ARS's top 8
+directions, unstaggered; tasks/control.py), for
 each method and seed the same budget of member steps (every member's inner step, the staggering burn-in included,
 frozen steps after a termination too). The loop, the evaluation (16 episodes on fixed keys, Gymnasium's returns) and the plot are
 benchmarks/control.py's. Beside each evaluation the env steps really simulated are logged (`env_steps`, the plots'
