@@ -14,15 +14,43 @@ from unrolled_es.core import prng
 
 
 class Particles(NamedTuple):
-  """Estimator state. Leading axis N; `inner` has a second axis M (members)."""
+  """Estimator state. Leading axis N; `inner` has a second axis M (members). The per-particle counters and the key
+  of the current draw travel as one array, `clock`: a compiled call pays for each array it returns (see `pack`)."""
   inner: Any              # [N, M, ...] inner states
-  t: jax.Array            # [N] steps taken in the current episode; == horizon: reset before the next step
-  horizon: jax.Array      # [N] length of the current episode
-  noise_key: jax.Array    # [N, 2] key of the current draw (noise is regenerated, never stored)
-  windows_since_draw: jax.Array  # [N]
+  clock: jax.Array        # [N, 5] uint32: t, horizon, windows_since_draw (int32 bits), noise_key (2 words)
   memory: Any             # the weighting's per-particle memory (PES: the sum ξ of the episode's draws), or None
   init_steps: jax.Array   # inner steps spent by `init` (staggering burn-in), for honest step counts
   draws: Any = None       # the current draws packed (`pack`), kept when compact and rarely changed (else regenerated)
+
+  @property
+  def t(self):
+    """[N] steps taken in the current episode; == horizon: reset before the next step."""
+    return _counter(self.clock, 0)
+
+  @property
+  def horizon(self):
+    """[N] length of the current episode."""
+    return _counter(self.clock, 1)
+
+  @property
+  def windows_since_draw(self):
+    """[N] windows begun since the current draw."""
+    return _counter(self.clock, 2)
+
+  @property
+  def noise_key(self):
+    """[N, 2] key of the current draw (noise is regenerated, never stored)."""
+    return self.clock[:, 3:5]
+
+
+def _counter(clock, column):
+  return jax.lax.bitcast_convert_type(clock[:, column], jnp.int32)
+
+
+def make_clock(t, horizon, windows_since_draw, noise_key):
+  """`Particles.clock` from its parts."""
+  counters = jnp.stack([t, horizon, windows_since_draw], axis=1).astype(jnp.int32)
+  return jnp.concatenate([jax.lax.bitcast_convert_type(counters, jnp.uint32), noise_key.astype(jnp.uint32)], axis=1)
 
 
 class WindowKeys(NamedTuple):
@@ -63,9 +91,10 @@ def initial(inner_shapes, n: int, members: int, horizon: int, memory, mesh, draw
   """All particles about to start an episode (t = T): the first window resets them at its first slot.
   `draw_shapes`: one draw's shapes, when draws are kept in the state."""
   zeros = lambda shapes, lead: jax.tree_util.tree_map(lambda s: jnp.zeros(lead + s.shape, s.dtype), shapes)
-  p = Particles(inner=zeros(inner_shapes, (n, members)), t=jnp.full((n,), horizon, jnp.int32),
-                horizon=jnp.full((n,), horizon, jnp.int32), noise_key=jnp.zeros((n, 2), jnp.uint32),
-                windows_since_draw=jnp.ones((n,), jnp.int32), memory=memory, init_steps=None,
+  full = jnp.full((n,), horizon, jnp.int32)
+  p = Particles(inner=zeros(inner_shapes, (n, members)),
+                clock=make_clock(full, full, jnp.ones((n,), jnp.int32), jnp.zeros((n, 2), jnp.uint32)),
+                memory=memory, init_steps=None,
                 draws=None if draw_shapes is None else pack(zeros(draw_shapes, (n,))))
   return constrain(mesh, p)._replace(init_steps=jnp.zeros((), jnp.int32))
 
@@ -116,16 +145,12 @@ def advance(p: Particles, plan_: Plan, keys: WindowKeys, final_inner, valid, mem
   the episode a resetting particle starts (None: the same as the last)."""
   k = truncation_length
   horizon = p.horizon if new_horizon is None else jnp.where(plan_.resets, new_horizon, p.horizon)
-  return p._replace(
-      draws=draws,
-      horizon=horizon,
-      inner=final_inner,
-      t=jnp.where(valid, jnp.where(plan_.resets, k - plan_.reset_slot, p.t + k), horizon),
-      noise_key=jnp.where(plan_.resets[:, None], keys.reset, plan_.draw_key),
-      windows_since_draw=jnp.where(plan_.resets, 1, plan_.windows_begun),
-      memory=memory)
+  t = jnp.where(valid, jnp.where(plan_.resets, k - plan_.reset_slot, p.t + k), horizon)
+  clock = make_clock(t, horizon, jnp.where(plan_.resets, 1, plan_.windows_begun),
+                     jnp.where(plan_.resets[:, None], keys.reset, plan_.draw_key))
+  return p._replace(draws=draws, inner=final_inner, clock=clock, memory=memory)
 
 
 def episode_begins(p: Particles) -> Particles:
   """Every particle starts a new episode at this window's first slot (whole-episode estimators)."""
-  return p._replace(t=p.horizon)
+  return p._replace(clock=make_clock(p.horizon, p.horizon, p.windows_since_draw, p.noise_key))
