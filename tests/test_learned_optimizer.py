@@ -220,6 +220,8 @@ def test_report_writes_table_json_and_plot(tmp_path):
   assert os.path.getsize(tmp_path / "lopt_vs_adam.png") > 1000
   mean, low, high = (float(v) for v in rows[0]["meta-objective"].replace("[", "").replace("]", "").replace(",", "").split())
   assert low <= mean <= high and math.isfinite(mean)
+  # the printed table carries the paired test-loss difference of every learned row (claims follow its interval)
+  assert all("test loss - best adam" in r for r in rows[:3]) and all("test loss - best adam" not in r for r in rows[3:])
 
 
 def test_factored_low_rank_noise_applies_to_theta():
