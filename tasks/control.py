@@ -64,7 +64,7 @@ SETTINGS = {
 # Hopper also takes ARS's top-b directions (b = N/4, `unrolled_es.fitness.top_directions`) with unstaggered
 # particles, so that each window is one whole episode of one draw, as ARS ranks them. With them the command line's
 # defaults passed ARS's 3120 at 2.9 M (seed 0) and 1.3 M (seed 1) env steps; without (staggered, every direction,
-# the same N, σ, K and Adam step) seed 0 stood at 2445 by 3.7 M and reached 3022 at 18.9 M (benchmarks/RESULTS.md).
+# the same N, σ, K and Adam step) seed 0 stood at 2445 at 3.15 M and reached 3022 at 18.9 M (benchmarks/RESULTS.md).
 _LOCOMOTION = {"num_particles": 32, "truncation_length": 1000, "optimizer": "adam", "steps": 400}
 SETTINGS.update({
     "Hopper-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.005, stagger=False, shaping="top_directions:8"),
