@@ -12,9 +12,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from unrolled_es.core import particles
 from unrolled_es.core import prng
 from unrolled_es.noise import base as noise_base
-from unrolled_es.core import particles
 from unrolled_es.core.particles import constrain, tree_select
 from unrolled_es.core.system import step_key
 
