@@ -102,8 +102,8 @@ def initial(inner_shapes, n: int, members: int, horizon: int, memory, mesh, draw
 def pack(tree):
   """Per-particle leaves [N, ...] as one [N, D] array per dtype (a tuple, in the order the dtypes first appear).
 
-  A compiled call pays for every array it returns (about 5 µs each on a CPU, as much as a small step's GEMM), so
-  kept draws travel as one array instead of one or two per leaf of θ."""
+  A compiled call pays for every array it returns (benchmarks/profile_window.py's "dispatch"), so kept draws
+  travel as one array instead of one or two per leaf of θ."""
   leaves = jax.tree_util.tree_leaves(tree)
   n = leaves[0].shape[0]
   dtypes = tuple(dict.fromkeys(x.dtype for x in leaves))
@@ -153,4 +153,4 @@ def advance(p: Particles, plan_: Plan, keys: WindowKeys, final_inner, valid, mem
 
 def episode_begins(p: Particles) -> Particles:
   """Every particle starts a new episode at this window's first slot (whole-episode estimators)."""
-  return p._replace(clock=make_clock(p.horizon, p.horizon, p.windows_since_draw, p.noise_key))
+  return p._replace(clock=p.clock.at[:, 0].set(p.clock[:, 1]))   # t = horizon
