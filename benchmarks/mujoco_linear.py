@@ -6,7 +6,7 @@ estimators, on native MuJoCo.
 What is run: the control task's linear policy (W = 0 at the start, ARS V2 observation normalisation kept in θ and
 merged after every update, ARS's survival-bonus shift in the training loss only) on Gymnasium's Hopper-v5,
 HalfCheetah-v5, Walker2d-v5 and Ant-v5 (tasks/mujoco_native.py: returns as Gymnasium scores them), with the
-task's settings (σ = ARS's ν, Adam at ARS's α/√b, N = 32 pairs, K = T for falling bodies; on Hopper ARS's top 8
+task's settings (σ = ARS's ν, Adam at ARS's α/√b, N = 32 pairs, K = T for falling bodies; on Hopper and Walker2d ARS's top 8
 directions, unstaggered; tasks/control.py), for
 each method and seed the same budget of member steps (every member's inner step, the staggering burn-in included,
 frozen steps after a termination too). The loop, the evaluation (16 episodes on fixed keys, Gymnasium's returns) and the plot are
@@ -39,7 +39,7 @@ THRESHOLDS = {"Hopper-v5": 3120.0, "HalfCheetah-v5": 3430.0, "Walker2d-v5": 4390
 ARS_TABLE1_ENV_STEPS = {env_id: None for env_id in THRESHOLDS}   # UNVERIFIED: see the module docstring
 # Member-step budgets per run (falling bodies run K = T windows: 64k member steps per update, of which the simulator
 # runs only the members still standing).
-ENVS = {"Hopper-v5": 10_000_000, "HalfCheetah-v5": 5_000_000, "Walker2d-v5": 10_000_000, "Ant-v5": 10_000_000}
+ENVS = {"Hopper-v5": 10_000_000, "HalfCheetah-v5": 5_000_000, "Walker2d-v5": 20_000_000, "Ant-v5": 10_000_000}
 METHODS = ("es_single", "pes", "truncated_es", "full_es")
 FULL = dict(seeds=3, num_evals=20, stagger=True, budget_fraction=1)
 QUICK = dict(seeds=1, num_evals=4, stagger=False, budget_fraction=50)
@@ -119,10 +119,13 @@ def main(argv=None):
   methods = args.methods or (("es_single",) if args.quick else METHODS)
   seeds = args.seeds or mode["seeds"]
   stem = os.path.join(args.out, "mujoco_linear" + ("_quick" if args.quick else ""))
-  result = control_benchmark._load(stem + ".json")   # environments run earlier keep their entries
   for env_id in args.envs:
-    result["envs"][env_id] = run_env(env_id, methods, mode, seeds, args.budget)
+    entry = run_env(env_id, methods, mode, seeds, args.budget)
     os.makedirs(args.out, exist_ok=True)
+    # Read back just before writing: environments run earlier, or by another process at the same time with other
+    # --envs, keep their entries.
+    result = control_benchmark._load(stem + ".json")
+    result["envs"][env_id] = entry
     with open(stem + ".json", "w") as f:   # after every environment: a long run can be split or resumed by --envs
       json.dump(result, f, indent=1)
   control_benchmark.plot(result, stem + ".png")
