@@ -1,6 +1,6 @@
 """How much of the pretraining's meta-gradient is signal: ES-Single's own noise diagnostics at θ0, per family problem.
 
-    python -m benchmarks.lopt_meta_noise [--particles N] [--problems 0,4] [--windows W] [--out DIR]
+    python -m benchmarks.lopt_meta_noise [--particles N] [--sigma S] [--problems 0,4] [--windows W] [--out DIR]
 
 The estimator is benchmarks.lopt_pretrain's for one problem (σ = 0.01, K = 10, episode lengths log-uniform in
 [100, 2000), staggered particles) with `diagnostics=True`, at the untrained θ0 of the shipped optimizer's spec.
@@ -27,11 +27,11 @@ from benchmarks.lopt_pretrain import SETTINGS, SPEC
 from unrolled_es_tasks import lopt_family, lopt_network
 
 
-def ratios(problem, theta0, particles, windows):
+def ratios(problem, theta0, particles, windows, sigma=SETTINGS["sigma"]):
   """`variance_ratio` of `windows` consecutive estimates on one problem, from θ0."""
   horizons = ue.horizons.log_uniform(SETTINGS["low"], SETTINGS["high"])
   est = ue.es_single(lopt_family.meta_system(problem, SPEC, horizons), num_particles=particles,
-                     sigma=SETTINGS["sigma"], truncation_length=SETTINGS["truncation"], horizons=horizons,
+                     sigma=sigma, truncation_length=SETTINGS["truncation"], horizons=horizons,
                      diagnostics=True)
   state, step, out = est.init(jax.random.PRNGKey(1), theta0), jax.jit(est.estimate), []
   for i in range(windows):
@@ -45,6 +45,8 @@ def main(argv=None):
   p.add_argument("--particles", type=int, default=SETTINGS["particles"])
   p.add_argument("--problems", default=None, help="comma-separated indices into lopt_family.FAMILY (default: all)")
   p.add_argument("--windows", type=int, default=4)
+  p.add_argument("--sigma", type=float, default=SETTINGS["sigma"], help="the perturbation's scale (default: the "
+                 "pretraining's)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
   family = lopt_family.FAMILY
@@ -54,16 +56,17 @@ def main(argv=None):
   rows = {}
   for i in chosen:
     start = time.perf_counter()
-    rows[family[i].name] = ratios(family[i], theta0, args.particles, args.windows)
+    rows[family[i].name] = ratios(family[i], theta0, args.particles, args.windows, args.sigma)
     print(f"{family[i].name:36s} N={args.particles}: {' '.join(f'{r:.3f}' for r in rows[family[i].name])} "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
   every = [r for v in rows.values() for r in v]
   directional = ((d + 1) / args.particles) / (1 + (d + 1) / args.particles)
   print(f"mean {np.mean(every):.3f} over {len(every)} estimates; directional-only expectation {directional:.3f} "
         f"(d = {d})")
-  write_json_atomic({"particles": args.particles, "d": d, "ratios": rows, "mean": float(np.mean(every)),
+  suffix = "" if args.sigma == SETTINGS["sigma"] else f"_sigma{args.sigma:g}"
+  write_json_atomic({"particles": args.particles, "sigma": args.sigma, "d": d, "ratios": rows, "mean": float(np.mean(every)),
                      "directional_only": directional, "jax": jax.__version__},
-                    os.path.join(args.out, f"lopt_meta_noise_N{args.particles}.json"))
+                    os.path.join(args.out, f"lopt_meta_noise_N{args.particles}{suffix}.json"))
 
 
 if __name__ == "__main__":

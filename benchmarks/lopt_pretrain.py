@@ -1,6 +1,7 @@
 """Meta-train the pretrained learned optimizer that ships with the package (`learned_optimizer.pretrained`).
 
     python -m benchmarks.lopt_pretrain --out DIR [--steps N] [--max-core-hours H] [--quick]
+                                       [--sigma S] [--train all|output] [--outer-lr LR] [--eval-every E]
     python -m benchmarks.lopt_pretrain --out DIR --export      # θ of DIR's newest checkpoint -> tasks/data
 
 ES-Single (Vicol, Kolter & Swersky 2023; = NRES, Li et al. 2023) over the whole `lopt_family.FAMILY` at once
@@ -8,7 +9,10 @@ ES-Single (Vicol, Kolter & Swersky 2023; = NRES, Li et al. 2023) over the whole 
 learned_optimization's LogUniformLength, as Celo's meta-training), each particle starting at its own point
 of its episode (stagger), windows of K = 10 inner steps, σ = 0.01, outer Adam 1e-3 with the estimate clipped to
 global norm 1 (`ue.clip_gradient`). The optimizer is `LoptSpec(time_features="any")` (half of the episodes
-reveal their length), one hidden layer of 8.
+reveal their length), one hidden layer of 8. `--train output` perturbs (and so meta-trains) only the MLP's
+output layer, 18 of θ's 234 coordinates, over the hidden layer's fixed random features: ES's variance grows with
+the number of perturbed coordinates, and at θ0 its per-window estimate is almost all noise over all 234
+(`python -m benchmarks.lopt_meta_noise`).
 
 Faults and sittings: `ue.train` checkpoints every `--checkpoint-every` outer steps (and on Ctrl-C / SIGTERM's
 KeyboardInterrupt); every key derives from the run key and the step, so a killed run restarted with the same
@@ -38,15 +42,19 @@ from unrolled_es_tasks import lopt_family, lopt_network, lopt_pretrained
 
 SPEC = lopt_network.LoptSpec(time_features="any")
 SETTINGS = dict(particles=8, sigma=0.01, truncation=10, outer_lr=1e-3, max_norm=1.0, low=100, high=2000,
-                steps=20000, checkpoint_every=50, eval_every=500, eval_steps=300, eval_keys=2, seed=0)
+                steps=20000, checkpoint_every=50, eval_every=500, eval_steps=300, eval_keys=2, seed=0, train="all")
+TRAINED = ("all", "output")   # which of θ's layers ES perturbs: all, or the output layer only
 QUICK = dict(SETTINGS, particles=2, low=20, high=40, steps=3, checkpoint_every=1, eval_every=2, eval_steps=20,
              eval_keys=1)
 
 
 def estimator(problems, s):
   horizons = ue.horizons.log_uniform(s["low"], s["high"])
+  mask = None
+  if s.get("train", "all") == "output":
+    mask = lopt_network.output_layer_mask(SPEC, lopt_network.init_theta(SPEC, s["seed"]))
   members = [ue.es_single(lopt_family.meta_system(p, SPEC, horizons), num_particles=s["particles"],
-                          sigma=s["sigma"], truncation_length=s["truncation"], horizons=horizons)
+                          sigma=s["sigma"], truncation_length=s["truncation"], horizons=horizons, mask=mask)
              for p in problems]
   return ue.clip_gradient(ue.multi_task(members), s["max_norm"])
 
@@ -123,6 +131,11 @@ def main(argv=None):
   ap.add_argument("--force", action="store_true", help="--export even if the run's evaluation got worse")
   ap.add_argument("--problems", default=None, help="comma-separated indices into FAMILY (default: all; tests)")
   ap.add_argument("--no-progress", action="store_true")
+  ap.add_argument("--sigma", type=float, default=None, help=f"ES's σ (default {SETTINGS['sigma']})")
+  ap.add_argument("--train", choices=TRAINED, default=None,
+                  help="which of θ's layers are meta-trained: all (default) or the output layer only")
+  ap.add_argument("--outer-lr", type=float, default=None, help=f"outer Adam's step (default {SETTINGS['outer_lr']})")
+  ap.add_argument("--eval-every", type=int, default=None, help=f"default {SETTINGS['eval_every']}")
   a = ap.parse_args(argv)
   problems = None
   if a.problems is not None:
@@ -130,8 +143,12 @@ def main(argv=None):
     if not problems or any(not 0 <= i < len(lopt_family.FAMILY) for i in problems):
       raise ValueError(f"--problems must be indices in 0..{len(lopt_family.FAMILY) - 1}; got {a.problems!r}")
   s = dict(QUICK if a.quick else SETTINGS)
-  if a.steps is not None:
-    s["steps"] = a.steps
+  for key, value in (("steps", a.steps), ("sigma", a.sigma), ("train", a.train), ("outer_lr", a.outer_lr),
+                     ("eval_every", a.eval_every)):
+    if value is not None:
+      s[key] = value
+  if not (np.isfinite(s["sigma"]) and s["sigma"] > 0):
+    raise ValueError(f"--sigma must be a finite number > 0; got {s['sigma']}")
   if a.export:
     return lopt_pretrained.export(a.out, a.export_to, a.force)
   train(a.out, s, a.max_core_hours, progress=not a.no_progress, problems=problems)

@@ -133,6 +133,14 @@ def init_theta(spec: LoptSpec, seed: int = 0):
   return {**theta, last: {**theta[last], "w": theta[last]["w"] * 1e-3}}
 
 
+def output_layer_mask(spec: LoptSpec, theta):
+  """A θ-shaped mask (for `ue.es_single(mask=...)`) that is True on the output layer only: its 2·(h + 1)
+  weights set the step multiplier and the direction correction from the hidden layer's fixed random features.
+  ES's variance grows with the number of coordinates it perturbs (d = 18 here against 234 for the whole MLP)."""
+  last = f"mlp/~/linear_{len(spec.hidden)}"
+  return {name: {k: np.full(np.shape(v), name == last) for k, v in layer.items()} for name, layer in theta.items()}
+
+
 def init_state(params) -> LoptState:
   def zeros(p, *lead):
     return jnp.zeros(lead + jnp.shape(p), jnp.float32) if lopt_leaves.is_float(p) else jnp.zeros((0,), jnp.float32)
