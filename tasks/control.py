@@ -67,7 +67,8 @@ SETTINGS = {
 # the same N, σ, K and Adam step) seed 0 stood at 2445 at 3.15 M and reached 3022 at 18.9 M (benchmarks/RESULTS.md).
 # Walker2d and HalfCheetah take the same two choices (and HalfCheetah whole-episode windows): by flag they passed
 # ARS's 4390 at 5.0 M env steps on Walker2d and its 3430 at 2.6 M on HalfCheetah (seed 0); HalfCheetah's earlier
-# K = 100, staggered, every-direction settings stood at 1853 after 5.0 M.
+# K = 100, staggered, every-direction settings stood at 1853 after 5.0 M. Over three seeds (benchmarks.mujoco_linear)
+# HalfCheetah passed on all three and Walker2d on none: two of its seeds stay in a gait that falls near step 220.
 _LOCOMOTION = {"num_particles": 32, "truncation_length": 1000, "optimizer": "adam", "steps": 400}
 SETTINGS.update({
     "Hopper-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.005, stagger=False, shaping="top_directions:8"),
