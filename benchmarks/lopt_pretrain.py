@@ -2,6 +2,7 @@
 
     python -m benchmarks.lopt_pretrain --out DIR [--steps N] [--max-core-hours H] [--quick]
                                        [--sigma S] [--train all|output] [--outer-lr LR] [--eval-every E]
+                                       [--lengths LOW,HIGH]
     python -m benchmarks.lopt_pretrain --out DIR --export      # θ of DIR's newest checkpoint -> tasks/data
 
 ES-Single (Vicol, Kolter & Swersky 2023; = NRES, Li et al. 2023) over the whole `lopt_family.FAMILY` at once
@@ -120,6 +121,16 @@ def train(out, s, hours, progress=True, problems=None):
   return result
 
 
+def _lengths(text):
+  try:
+    low, high = (int(x) for x in text.split(","))
+  except ValueError:
+    low = high = None
+  if low is None or not 1 <= low < high:
+    raise ValueError(f"--lengths must be LOW,HIGH with integers 1 <= LOW < HIGH; got {text!r}")
+  return low, high
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--out", required=True)
@@ -136,6 +147,8 @@ def main(argv=None):
                   help="which of θ's layers are meta-trained: all (default) or the output layer only")
   ap.add_argument("--outer-lr", type=float, default=None, help=f"outer Adam's step (default {SETTINGS['outer_lr']})")
   ap.add_argument("--eval-every", type=int, default=None, help=f"default {SETTINGS['eval_every']}")
+  ap.add_argument("--lengths", default=None, help="LOW,HIGH: inner episode lengths drawn log-uniformly in "
+                  f"[LOW, HIGH) (default {SETTINGS['low']},{SETTINGS['high']})")
   a = ap.parse_args(argv)
   problems = None
   if a.problems is not None:
@@ -147,6 +160,8 @@ def main(argv=None):
                      ("eval_every", a.eval_every)):
     if value is not None:
       s[key] = value
+  if a.lengths is not None:
+    s["low"], s["high"] = _lengths(a.lengths)
   if not (np.isfinite(s["sigma"]) and s["sigma"] > 0):
     raise ValueError(f"--sigma must be a finite number > 0; got {s['sigma']}")
   if a.export:

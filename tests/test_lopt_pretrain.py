@@ -50,19 +50,23 @@ def test_export_refuses_a_run_whose_evaluation_got_worse():
 def test_training_only_the_output_layer_leaves_the_hidden_layer_exactly_at_theta0(tmp_path):
   run = tmp_path / "output"
   lopt_pretrain.main(["--quick", "--problems", "0", "--no-progress", "--steps", "2", "--train", "output",
-                      "--sigma", "0.1", "--out", str(run)])
+                      "--sigma", "0.1", "--lengths", "20,30", "--out", str(run)])
   theta, spec, _ = _theta(run, tmp_path, "exported")
   theta0 = lopt_pretrain.lopt_network.init_theta(spec)
   hidden, output = "mlp/~/linear_0", f"mlp/~/linear_{len(spec.hidden)}"
   for k in ("w", "b"):
     np.testing.assert_array_equal(theta[hidden][k], theta0[hidden][k])
   assert not np.array_equal(theta[output]["w"], theta0[output]["w"])
-  assert json.loads((run / "command.json").read_text())["settings"]["train"] == "output"
+  settings = json.loads((run / "command.json").read_text())["settings"]
+  assert settings["train"] == "output" and (settings["low"], settings["high"], settings["sigma"]) == (20, 30, 0.1)
 
 
 def test_bad_pretraining_settings_are_refused_by_name(tmp_path, capsys):
   with pytest.raises(ValueError, match="--sigma must be a finite number > 0"):
     lopt_pretrain.main(["--quick", "--out", str(tmp_path), "--sigma", "0"])
+  for lengths in ("300", "300,300", "0,10", "a,b"):
+    with pytest.raises(ValueError, match="--lengths must be LOW,HIGH"):
+      lopt_pretrain.main(["--quick", "--out", str(tmp_path), "--lengths", lengths])
   with pytest.raises(SystemExit):
     lopt_pretrain.main(["--quick", "--out", str(tmp_path), "--train", "first"])
   err = capsys.readouterr().err
