@@ -71,7 +71,8 @@ def main(argv=None):
   suffix = ("" if args.sigma == SETTINGS["sigma"] else f"_sigma{args.sigma:g}") + \
       ("" if args.train == "all" else f"_{args.train}")
   write_json_atomic({"particles": args.particles, "sigma": args.sigma, "train": args.train, "d": d,
-                     "ratios": rows, "mean": float(np.mean(every)), "directional_only": directional, "jax": jax.__version__},
+                     "ratios": rows, "mean": float(np.mean(every)), "directional_only": directional,
+                     "jax": jax.__version__},
                     os.path.join(args.out, f"lopt_meta_noise_N{args.particles}{suffix}.json"))
 
 

@@ -52,7 +52,7 @@ QUICK = dict(SETTINGS, particles=2, low=20, high=40, steps=3, checkpoint_every=1
 def estimator(problems, s):
   horizons = ue.horizons.log_uniform(s["low"], s["high"])
   mask = None
-  if s.get("train", "all") == "output":
+  if s["train"] == "output":
     mask = lopt_network.output_layer_mask(SPEC, lopt_network.init_theta(SPEC, s["seed"]))
   members = [ue.es_single(lopt_family.meta_system(p, SPEC, horizons), num_particles=s["particles"],
                           sigma=s["sigma"], truncation_length=s["truncation"], horizons=horizons, mask=mask)

@@ -129,15 +129,20 @@ def init_theta(spec: LoptSpec, seed: int = 0):
   """θ0: haiku's default init with the output layer's weights at 1e-3 of it: close to Adam at spec.lr, and
   every weight still gets a gradient."""
   theta = numpy_init(network(spec), seed, jnp.zeros((num_features(spec),), jnp.float32))
-  last = f"mlp/~/linear_{len(spec.hidden)}"
+  last = _output_layer(spec)
   return {**theta, last: {**theta[last], "w": theta[last]["w"] * 1e-3}}
+
+
+def _output_layer(spec: LoptSpec) -> str:
+  """The haiku name of the MLP's output layer in θ."""
+  return f"mlp/~/linear_{len(spec.hidden)}"
 
 
 def output_layer_mask(spec: LoptSpec, theta):
   """A θ-shaped mask (for `ue.es_single(mask=...)`) that is True on the output layer only: its 2·(h + 1)
   weights set the step multiplier and the direction correction from the hidden layer's fixed random features.
   ES's variance grows with the number of coordinates it perturbs (d = 18 here against 234 for the whole MLP)."""
-  last = f"mlp/~/linear_{len(spec.hidden)}"
+  last = _output_layer(spec)
   return {name: {k: np.full(np.shape(v), name == last) for k, v in layer.items()} for name, layer in theta.items()}
 
 
