@@ -2,6 +2,7 @@
 estimators, on native MuJoCo.
 
     python -m benchmarks.mujoco_linear [--quick] [--envs Hopper-v5,Ant-v5] [--methods es_single,pes] [--seeds R]
+                                    [--first-seed S]
 
 What is run: the control task's linear policy (W = 0 at the start, ARS V2 observation normalisation kept in θ and
 merged after every update, ARS's survival-bonus shift in the training loss only) on Gymnasium's Hopper-v5,
@@ -22,6 +23,9 @@ count at which the evaluated return passes the threshold is reported (`steps_to_
 
 Full mode: 3 seeds, the budgets in ENVS. --quick: 1 seed, ES-Single only unless --methods is given, a 1/50 budget,
 no stagger: a pipeline check. Writes mujoco_linear.json / .png (mujoco_linear_quick.* with --quick) to --out.
+Seeds can run as separate processes, each `--first-seed S --seeds 1`: a process adds its runs to the runs of
+other seeds already in the file when they share the method's settings and the budget (and replaces them
+otherwise), so three seeds on two cores take the time of the slowest rather than the sum.
 """
 import argparse
 import json
@@ -58,7 +62,7 @@ def train_runs(task, name, cfg, seeds, budget, num_evals):
   simulated: the observation statistics' count in θ, which every running member's step adds one to (frozen
   steps add none), as ARS counts its timesteps."""
   evaluate, runs, cache = control_benchmark.make_evaluate(task), [], {}
-  for seed in range(seeds):
+  for seed in seeds:
     rec = {"member_steps": [], "env_steps": [], "wall_time": [], "eval": []}   # env_steps: simulated ones
 
     def log(member_steps, wall, theta):
@@ -79,6 +83,7 @@ def task_id(task):
 
 
 def run_env(env_id, methods, mode, seeds, budget=None):
+  """The entry of one environment: every method's runs for `seeds` (a sequence of seed numbers)."""
   budget = budget or ENVS[env_id] // mode["budget_fraction"]
   start = time.perf_counter()
   task = tasks.get("control", env=env_id)
@@ -86,18 +91,44 @@ def run_env(env_id, methods, mode, seeds, budget=None):
   out = {}
   for name in methods:
     cfg = dict({"stagger": mode["stagger"]}, **task.settings)   # a task's own stagger (Hopper: none) wins
-    runs = train_runs(task, name, cfg, seeds, budget, mode["num_evals"])
-    final = [r["eval"][-1]["return"] for r in runs]
-    simulated, wall = sum(r["env_steps"][-1] for r in runs), sum(r["wall_time"][-1] for r in runs)
-    out[name] = {"label": control_benchmark.LABELS.get(name, name), "settings": cfg, "runs": runs,
-                 "final_return": final, "final_return_mean": float(np.mean(final)),
-                 "steps_to_threshold": [steps_to_threshold(r, THRESHOLDS[env_id]) for r in runs],
-                 "simulated_env_steps_per_second": simulated / max(wall, 1e-9)}
+    out[name] = summarise(env_id, name, cfg, train_runs(task, name, cfg, seeds, budget, mode["num_evals"]))
   refs = [(THRESHOLDS[env_id], "ARS threshold (Mania et al. 2018, Table 1)")]
-  return {"config": {"seeds": seeds, "stagger": mode["stagger"], "num_evals": mode["num_evals"], "policy": "linear",
-                     "jax_version": jax.__version__}, "budget_env_steps": budget, "references": refs,
-          "ars_table1_env_steps": ARS_TABLE1_ENV_STEPS[env_id], "seconds": time.perf_counter() - start,
-          "methods": out}
+  return {"config": {"seeds": len(seeds), "stagger": mode["stagger"], "num_evals": mode["num_evals"],
+                     "policy": "linear", "jax_version": jax.__version__}, "budget_env_steps": budget,
+          "references": refs, "ars_table1_env_steps": ARS_TABLE1_ENV_STEPS[env_id],
+          "seconds": time.perf_counter() - start, "methods": out}
+
+
+def summarise(env_id, name, cfg, runs):
+  """A method's entry from its runs (sorted by seed): final returns, steps to the threshold, simulated speed."""
+  runs = sorted(runs, key=lambda r: r["seed"])
+  final = [r["eval"][-1]["return"] for r in runs]
+  simulated, wall = sum(r["env_steps"][-1] for r in runs), sum(r["wall_time"][-1] for r in runs)
+  return {"label": control_benchmark.LABELS.get(name, name), "settings": cfg, "runs": runs,
+          "final_return": final, "final_return_mean": float(np.mean(final)),
+          "steps_to_threshold": [steps_to_threshold(r, THRESHOLDS[env_id]) for r in runs],
+          "simulated_env_steps_per_second": simulated / max(wall, 1e-9)}
+
+
+def merge_seeds(env_id, earlier, entry):
+  """`entry` with the runs of other seeds that `earlier` (the environment's entry already in the file) holds for
+  the same method, settings and budget kept: seeds run as separate processes (--first-seed) add up to one entry."""
+  if not earlier or earlier.get("budget_env_steps") != entry["budget_env_steps"]:
+    return entry
+  methods, merged = dict(entry["methods"]), False
+  for name, m in entry["methods"].items():
+    old = earlier.get("methods", {}).get(name)
+    if old is None or old.get("settings") != m["settings"]:
+      continue
+    ours = {r["seed"] for r in m["runs"]}
+    theirs = [r for r in old["runs"] if r["seed"] not in ours]
+    methods[name] = summarise(env_id, name, m["settings"], m["runs"] + theirs)
+    merged = merged or bool(theirs)
+  if not merged:
+    return entry
+  seeds = max(len(m["runs"]) for m in methods.values())
+  return dict(entry, methods=methods, seconds=entry["seconds"] + earlier.get("seconds", 0.0),
+              config=dict(entry["config"], seeds=seeds))
 
 
 def parse_args(argv):
@@ -105,10 +136,14 @@ def parse_args(argv):
   p.add_argument("--quick", action="store_true")
   p.add_argument("--envs", type=lambda s: tuple(s.split(",")), default=tuple(ENVS))
   p.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=None)
-  p.add_argument("--seeds", type=int, default=None)
+  p.add_argument("--seeds", type=int, default=None, help="how many seeds (default 3, 1 with --quick)")
+  p.add_argument("--first-seed", type=int, default=0,
+                 help="the first seed: a process per seed (--first-seed S --seeds 1) adds its runs to the entry")
   p.add_argument("--budget", type=int, default=None, help="env steps per run (default: ENVS, /50 with --quick)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
+  if args.seeds is not None and args.seeds < 1 or args.first_seed < 0:
+    p.error(f"--seeds must be at least 1 and --first-seed at least 0; got {args.seeds} and {args.first_seed}")
   check_choices(p, (("envs", args.envs, ENVS), ("methods", args.methods or (), METHODS)))
   return args
 
@@ -117,7 +152,7 @@ def main(argv=None):
   args = parse_args(argv)
   mode = QUICK if args.quick else FULL
   methods = args.methods or (("es_single",) if args.quick else METHODS)
-  seeds = args.seeds or mode["seeds"]
+  seeds = tuple(range(args.first_seed, args.first_seed + (args.seeds or mode["seeds"])))
   stem = os.path.join(args.out, "mujoco_linear" + ("_quick" if args.quick else ""))
   for env_id in args.envs:
     entry = run_env(env_id, methods, mode, seeds, args.budget)
@@ -125,7 +160,7 @@ def main(argv=None):
     # Read back just before writing: environments run earlier, or by another process at the same time with other
     # --envs, keep their entries.
     result = control_benchmark._load(stem + ".json")
-    result["envs"][env_id] = entry
+    result["envs"][env_id] = merge_seeds(env_id, result["envs"].get(env_id), entry)
     with open(stem + ".json", "w") as f:   # after every environment: a long run can be split or resumed by --envs
       json.dump(result, f, indent=1)
   control_benchmark.plot(result, stem + ".png")
