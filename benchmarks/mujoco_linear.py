@@ -118,7 +118,7 @@ def merge_seeds(env_id, earlier, entry):
   methods, merged = dict(entry["methods"]), False
   for name, m in entry["methods"].items():
     old = earlier.get("methods", {}).get(name)
-    if old is None or old.get("settings") != m["settings"]:
+    if old is None or old.get("settings") != json.loads(json.dumps(m["settings"])):   # as the file holds them
       continue
     ours = {r["seed"] for r in m["runs"]}
     theirs = [r for r in old["runs"] if r["seed"] not in ours]

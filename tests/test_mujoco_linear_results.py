@@ -54,6 +54,10 @@ def test_a_rerun_seed_replaces_its_old_run_and_other_settings_or_budgets_replace
   assert merged["final_return"] == [0.0, 99.0]
   other_settings = _entry({"sigma": 0.2}, [1])
   assert mujoco_linear.merge_seeds("Hopper-v5", earlier, other_settings) is other_settings
+  # settings read back from the file compare equal to the same settings in memory (tuples become lists)
+  from_file = json.loads(json.dumps(_entry({"sigma": 0.1, "sizes": (8, 8)}, [0])))
+  assert len(mujoco_linear.merge_seeds("Hopper-v5", from_file, _entry({"sigma": 0.1, "sizes": (8, 8)}, [1]))
+             ["methods"]["es_single"]["runs"]) == 2
   other_budget = _entry({"sigma": 0.1}, [1], budget=200)
   assert mujoco_linear.merge_seeds("Hopper-v5", earlier, other_budget) is other_budget
 
