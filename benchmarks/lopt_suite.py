@@ -1,6 +1,7 @@
 """The pretrained learned optimizer against per-problem-tuned Adam on a held-out suite.
 
     python -m benchmarks.lopt_suite [--quick] [--seeds 8] [--steps 1000] [--problems 0,3] [--out benchmarks/results]
+                                    [--data-dir DIR]
 
 Problems: `lopt_family.HELD_OUT` (11 problems of 6 kinds: MLP, CNN, RNN/LSTM, attention, tabular small-data
 with breast cancer, regression), none of which the optimizer was meta-trained on. On every problem each
@@ -21,7 +22,9 @@ better / not different / worse (better: an interval below 0 by test loss or trai
 0; worse: either above 0), and the median speed-up. Checks: 10× the longest meta-training horizon (2000) on
 the first problem, with the length known and unknown (divergence and losses beside Adam at the tuned lr), and a
 width 8× the meta-training MLP width (32 → 256). --quick: 3 seeds, 60 steps, a coarse grid, short checks.
-Writes lopt_suite[_quick].json and .png to --out.
+Writes lopt_suite[_quick].json and .png to --out, with the scored θ's checksum, outer step and command.
+--data-dir scores a candidate instead of the shipped θ: a folder written by `python -m benchmarks.lopt_pretrain
+--out RUN --export --export-to DIR`, so that a meta-training run is judged on the held-out suite before it ships.
 """
 import argparse
 import functools
@@ -38,7 +41,7 @@ import optax
 
 from benchmarks import lopt_suite_stats as st
 from unrolled_es_tasks import lopt_family
-from unrolled_es_tasks.lopt_pretrained import pretrained
+from unrolled_es_tasks.lopt_pretrained import DATA_DIR, load as load_shipped, pretrained
 
 ADAM_LRS = tuple(float(10 ** (k / 4)) for k in range(-16, -1))
 QUICK_LRS = tuple(float(10 ** (k / 2)) for k in range(-7, -1))
@@ -66,8 +69,8 @@ def grid_runner(problem, steps):
 
 
 @functools.lru_cache(maxsize=64)
-def learned_runner(problem, steps, num_steps):
-  opt = pretrained(num_steps=num_steps)
+def learned_runner(problem, steps, num_steps, data_dir=DATA_DIR):
+  opt = pretrained(num_steps=num_steps, data_dir=data_dir)
   return jax.jit(jax.vmap(lambda key: lopt_family.run(problem, opt, key, steps)))
 
 
@@ -99,7 +102,7 @@ def tune(problem, steps, keys, lrs):
 def evaluate_problem(problem, s, keys):
   steps = s["steps"]
   best, adam, scores = tune(problem, steps, keys, s["lrs"])
-  learned = _np(learned_runner(problem, steps, steps)(keys))
+  learned = _np(learned_runner(problem, steps, steps, s["data_dir"])(keys))
   long = grid_runner(problem, SPEEDUP_CAP * steps)
   cfg = [jnp.asarray([v], jnp.float32) for v in (best["lr"], best["schedule"] == "cosine", best["weight_decay"])]
   adam_long = _np(long(cfg[0], cfg[1].astype(bool), cfg[2], keys))
@@ -120,7 +123,7 @@ def horizon_check(problem, s, keys, tuned):
   steps = s["long_steps"]
   out = {}
   for name, num_steps in (("learned, length known", steps), ("learned, length unknown", None)):
-    runs = _np(learned_runner(problem, steps, num_steps)(keys))
+    runs = _np(learned_runner(problem, steps, num_steps, s["data_dir"])(keys))
     out[name] = {"diverged": int(np.sum(~np.isfinite(runs["train"]).all(1))),
                  "final_train": float(np.mean(runs["train"][:, -max(1, steps // 20):])),
                  "test": float(np.mean(runs["test_loss"]))}
@@ -149,8 +152,11 @@ def main(argv=None):
   ap.add_argument("--problems", default=None, help="comma-separated indices into HELD_OUT (default: all)")
   ap.add_argument("--no-checks", action="store_true", help="skip the 10x-horizon and 8x-width checks")
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+  ap.add_argument("--data-dir", default=DATA_DIR, help="the θ to score: a folder of lopt_pretrain --export-to "
+                  "(default: the shipped one)")
   a = ap.parse_args(argv)
-  s = dict(QUICK if a.quick else FULL)
+  s = dict(QUICK if a.quick else FULL, data_dir=a.data_dir)
+  _, _, meta = load_shipped(a.data_dir)   # a missing or damaged θ fails here, before any training
   for name in ("seeds", "steps"):
     if getattr(a, name) is not None:
       s[name] = getattr(a, name)
@@ -164,7 +170,8 @@ def main(argv=None):
     rows.append(evaluate_problem(p, s, keys))
     print(_line(rows[-1]), flush=True)
   result = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}, "rows": rows,
-            "summary": summary(rows)}
+            "summary": summary(rows),
+            "theta": {k: meta.get(k) for k in ("sha256", "outer_step", "command", "last_eval")}}
   if not a.no_checks:
     width = lopt_family.HELD_OUT[0]._replace(name=f"mlp digits {8 * META_WIDTH}-{8 * META_WIDTH} (8x width)",
                                              sizes=(8 * META_WIDTH, 8 * META_WIDTH))

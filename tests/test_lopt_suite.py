@@ -2,6 +2,7 @@
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats
@@ -60,3 +61,41 @@ def test_quick_suite_writes_rows_summary_and_plot(tmp_path):
   summary = result["summary"]
   assert summary["iqm_normalised_test_loss"] == pytest.approx(row["learned_test"] / row["adam_test"])
   assert sum(summary["counts"].values()) == 1 and summary["median_speedup"] == row["speedup"]
+  from unrolled_es_tasks.lopt_pretrained import load
+  assert result["theta"]["sha256"] == load()[2]["sha256"]   # the scored θ is named: here the shipped one
+
+
+def _copy_shipped(folder, scale):
+  """The shipped θ's files in `folder`, every array times `scale`, with the checksum the loader checks."""
+  import hashlib
+  import os
+  import shutil
+  from unrolled_es_tasks import lopt_pretrained as shipped
+  folder.mkdir()
+  npz = folder / (shipped.NAME + ".npz")
+  with np.load(os.path.join(shipped.DATA_DIR, shipped.NAME + ".npz")) as f:
+    np.savez(npz, **{k: f[k] * scale for k in f.files})
+  shutil.copy(os.path.join(shipped.DATA_DIR, shipped.NAME + "_log.jsonl"), folder)
+  meta = json.loads(open(os.path.join(shipped.DATA_DIR, shipped.NAME + ".json")).read())
+  meta["sha256"] = hashlib.sha256(npz.read_bytes()).hexdigest()
+  (folder / (shipped.NAME + ".json")).write_text(json.dumps(meta))
+  return meta["sha256"]
+
+
+def test_a_candidate_theta_is_scored_from_its_folder(tmp_path):
+  from unrolled_es_tasks import lopt_family
+  problem, keys = lopt_family.HELD_OUT[7], jax.random.split(jax.random.PRNGKey(0), 2)
+  shipped = lopt_suite.learned_runner(problem, 12, 12)(keys)["train"]
+  _copy_shipped(tmp_path / "same", 1.0)
+  _copy_shipped(tmp_path / "scaled", 0.5)
+  same = lopt_suite.learned_runner(problem, 12, 12, str(tmp_path / "same"))(keys)["train"]
+  scaled = lopt_suite.learned_runner(problem, 12, 12, str(tmp_path / "scaled"))(keys)["train"]
+  np.testing.assert_array_equal(np.asarray(same), np.asarray(shipped))
+  assert not np.allclose(np.asarray(scaled), np.asarray(shipped))
+
+
+def test_a_missing_candidate_folder_is_refused_by_name(tmp_path):
+  with pytest.raises(ValueError, match="data_dir"):
+    lopt_suite.main(["--quick", "--problems", "7", "--no-checks", "--data-dir", str(tmp_path / "none"),
+                     "--out", str(tmp_path)])
+  assert not (tmp_path / "lopt_suite_quick.json").exists()
