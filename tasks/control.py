@@ -68,9 +68,8 @@ SETTINGS = {
 # Walker2d and HalfCheetah take the same two choices (and HalfCheetah whole-episode windows): by flag they passed
 # ARS's 4390 at 5.0 M env steps on Walker2d and its 3430 at 2.6 M on HalfCheetah (seed 0); HalfCheetah's earlier
 # K = 100, staggered, every-direction settings stood at 1853 after 5.0 M. Over three seeds (benchmarks.mujoco_linear)
-# HalfCheetah passed on all three and Walker2d on none: two of its seeds stay in a gait that falls near step 220
-# (it stands for about 100 steps, leaps once, its torso up to 1.37 m, and sinks below the 0.8 m that ends an
-# episode about 2.5 m on); Walker2d without the shift (reward_shift=0) stands still for 1000 steps instead.
+# HalfCheetah passed on all three and Walker2d on none: two of its seeds stay in a gait that falls near step 220;
+# Walker2d without the shift (reward_shift=0) stands still for 1000 steps instead (benchmarks/RESULTS.md).
 _LOCOMOTION = {"num_particles": 32, "truncation_length": 1000, "optimizer": "adam", "steps": 400}
 SETTINGS.update({
     "Hopper-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.005, stagger=False, shaping="top_directions:8"),

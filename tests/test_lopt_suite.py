@@ -67,7 +67,6 @@ def test_quick_suite_writes_rows_summary_and_plot(tmp_path):
 
 def _copy_shipped(folder, scale):
   """The shipped θ's files in `folder`, every array times `scale`, with the checksum the loader checks."""
-  import hashlib
   import os
   import shutil
   from unrolled_es_tasks import lopt_pretrained as shipped
@@ -77,9 +76,8 @@ def _copy_shipped(folder, scale):
     np.savez(npz, **{k: f[k] * scale for k in f.files})
   shutil.copy(os.path.join(shipped.DATA_DIR, shipped.NAME + "_log.jsonl"), folder)
   meta = json.loads(open(os.path.join(shipped.DATA_DIR, shipped.NAME + ".json")).read())
-  meta["sha256"] = hashlib.sha256(npz.read_bytes()).hexdigest()
+  meta["sha256"] = shipped._sha256(str(npz))
   (folder / (shipped.NAME + ".json")).write_text(json.dumps(meta))
-  return meta["sha256"]
 
 
 def test_a_candidate_theta_is_scored_from_its_folder(tmp_path):
