@@ -58,6 +58,7 @@ BETAS = (0.5, 0.9, 0.99, 0.999)
 NOMINAL_BETA = 0.9
 BETA2 = 0.999
 EPS = 1e-8
+NORM_FLOOR = 1e-30   # mean-square floor of the feature normalisation; float32's smallest normal is ~1e-38
 NORM_BETA = 0.9
 FINAL_FRACTION = 0.05
 FRACTION_SCALES = (0.03, 0.1, 0.3, 1.0)
@@ -196,7 +197,9 @@ def _tensor_lr(spec, shape, kind=None):
 def _normalise(element, ms, t):
   """Each feature column over its running mean square across the tensor and recent steps (bias-corrected)."""
   ms = NORM_BETA * ms + (1 - NORM_BETA) * jnp.mean(jnp.square(element), axis=0)
-  scale = jax.lax.rsqrt(ms / (1 - NORM_BETA ** (t + 1)) + 1e-12)
+  # The floor only keeps an all-zero column at 0; any larger floor would bend the features of small gradients
+  # (m_0.999 of gradients near 1e-3 has a mean square near 1e-12) and so make the step depend on the loss scale.
+  scale = jax.lax.rsqrt(ms / (1 - NORM_BETA ** (t + 1)) + NORM_FLOOR)
   return element * scale, ms
 
 

@@ -93,6 +93,70 @@ def test_a_size_one_leaf_is_not_reduced_to_its_sign():
   np.testing.assert_allclose(first, -1.0, rtol=1e-5)   # on its first step it has only itself to compare with
 
 
+# ---------------------------------------------------------------- feature invariants
+
+def _active_theta(spec=ANY, seed=3):
+  """θ with its output layer at haiku's full scale, so the MLP's step multiplier and direction correction are
+  far from their θ0 values and every feature reaches the update."""
+  theta = lopt_network.init_theta(spec, seed)
+  last = lopt_network._output_layer(spec)
+  return {**theta, last: {**theta[last], "w": theta[last]["w"] * 1e3}}
+
+
+def _run_updates(theta, params, grad_seq, num_steps=None):
+  state = lopt_network.init_state(params)
+  updates = []
+  for grads in grad_seq:
+    u, state = lopt_network.update(ANY, theta, state, params, grads, num_steps)
+    params = jax.tree_util.tree_map(jnp.add, params, u)
+    updates.append(u)
+  return updates
+
+
+def _grad_seq(params, steps=4):
+  return [_grads(params, seed) for seed in range(1, steps + 1)]
+
+
+def test_features_are_unit_scale_per_column_on_the_first_step():
+  """Columns seven decades apart all come out at RMS 1; an all-zero column (a weight that never gets a
+  gradient) stays 0 instead of being blown up by the normalisation."""
+  n = lopt_network.NUM_ELEMENT_FEATURES
+  element = jax.random.normal(KEY, (50, n)) * jnp.logspace(-4, 3, n)
+  normed, _ = lopt_network._normalise(element, jnp.zeros(n), jnp.float32(0))
+  np.testing.assert_allclose(jnp.sqrt(jnp.mean(jnp.square(normed), axis=0)), 1.0, rtol=1e-3)
+  zeros, _ = lopt_network._normalise(element.at[:, 0].set(0.0), jnp.zeros(n), jnp.float32(0))
+  assert not np.any(np.asarray(zeros[:, 0]))
+
+
+@pytest.mark.parametrize("scale", [1e-5, 1e3])
+def test_updates_do_not_depend_on_the_loss_scale(scale):
+  """Every element feature is normalised by its own running RMS, and the nominal term is Adam's: multiplying
+  the loss (every gradient) by a constant leaves each update unchanged, whatever θ is."""
+  theta = _active_theta()
+  params = {"w": jax.random.normal(KEY, (12, 6)), "b": jnp.zeros(6), "one": jnp.ones((1,))}
+  seq = _grad_seq(params)
+  scaled = [jax.tree_util.tree_map(lambda g: g * scale, grads) for grads in seq]
+  for a, b in zip(_run_updates(theta, params, seq, 100), _run_updates(theta, params, scaled, 100)):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=2e-3, atol=1e-7)
+  plain = _run_updates(lopt_network.init_theta(ANY), params, seq, 100)[-1]["w"]
+  assert not np.allclose(plain, _run_updates(theta, params, seq, 100)[-1]["w"], rtol=0.05)  # θ matters here
+
+
+def test_updates_are_equivariant_to_permuting_a_tensors_elements():
+  """The optimizer is applied per element with tensor-wide statistics: permuting a tensor's elements (with
+  their gradients) permutes its updates and changes no other tensor's."""
+  theta = _active_theta()
+  params = {"w": jax.random.normal(KEY, (8, 5)), "v": jax.random.normal(jax.random.PRNGKey(9), (7,))}
+  seq = _grad_seq(params)
+  perm = np.random.default_rng(0).permutation(40)
+  shuffle = lambda tree: {**tree, "w": jnp.reshape(jnp.reshape(tree["w"], (-1,))[perm], (8, 5))}
+  for a, b in zip(_run_updates(theta, params, seq, 100),
+                  _run_updates(theta, shuffle(params), [shuffle(g) for g in seq], 100)):
+    np.testing.assert_allclose(shuffle(a)["w"], b["w"], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(a["v"], b["v"], rtol=1e-5, atol=1e-8)
+
+
 # ---------------------------------------------------------------- time features and run length
 
 def test_any_time_features_work_without_a_length_and_flag_it():
