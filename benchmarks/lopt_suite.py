@@ -23,6 +23,8 @@ better / not different / worse (better: an interval below 0 by test loss or trai
 the first problem, with the length known and unknown (divergence and losses beside Adam at the tuned lr), and a
 width 8× the meta-training MLP width (32 → 256). --quick: 3 seeds, 60 steps, a coarse grid, short checks.
 Writes lopt_suite[_quick].json and .png to --out, with the scored θ's checksum, outer step and command.
+A killed run resumes: re-run the same command, and the problems and checks it finished are read back from
+<out>/lopt_suite[_quick].progress.json (kept only while the run is unfinished).
 --data-dir scores a candidate instead of the shipped θ: a folder written by `python -m benchmarks.lopt_pretrain
 --out RUN --export --export-to DIR`, so that a meta-training run is judged on the held-out suite before it ships.
 """
@@ -163,26 +165,81 @@ def main(argv=None):
   if s["seeds"] < 2 or s["steps"] < 10:
     raise ValueError(f"--seeds must be at least 2 and --steps at least 10; got {s['seeds']} and {s['steps']}")
   problems = _select(a.problems)
-  keys = jax.random.split(jax.random.PRNGKey(EVAL_SEED), s["seeds"])
+  stem = "lopt_suite_quick" if a.quick else "lopt_suite"
+  progress = open_progress(os.path.join(a.out, stem + ".progress.json"), _identity(s, meta))
   start = time.time()
-  rows = []
-  for p in problems:
-    rows.append(evaluate_problem(p, s, keys))
-    print(_line(rows[-1]), flush=True)
-  result = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}, "rows": rows,
-            "summary": summary(rows),
-            "theta": {k: meta.get(k) for k in ("sha256", "outer_step", "command", "last_eval")}}
-  if not a.no_checks:
+  result = run_suite(problems, s, progress, checks=not a.no_checks)
+  result["theta"] = {k: meta.get(k) for k in ("sha256", "outer_step", "command", "last_eval")}
+  result["seconds"] = time.time() - start   # this sitting's time; stages resumed from a killed run are not in it
+  print("summary:", json.dumps(result["summary"]), flush=True)
+  _write(result, a.out, stem)
+  os.remove(progress["path"])
+  return 0
+
+
+def run_suite(problems, s, progress, checks=True):
+  """Every problem's row, then the width and horizon checks; each stage is saved to `progress` when it ends."""
+  keys = jax.random.split(jax.random.PRNGKey(EVAL_SEED), s["seeds"])
+  rows = [stage(progress, f"problem {p.name}", lambda p=p: evaluate_problem(p, s, keys), _line) for p in problems]
+  result = {"settings": _jsonable(s), "rows": rows, "summary": summary(rows)}
+  if checks:
     width = lopt_family.HELD_OUT[0]._replace(name=f"mlp digits {8 * META_WIDTH}-{8 * META_WIDTH} (8x width)",
                                              sizes=(8 * META_WIDTH, 8 * META_WIDTH))
-    result["width_check"] = evaluate_problem(width, s, keys)
-    print(_line(result["width_check"]), flush=True)
-    result["horizon_check"] = horizon_check(problems[0], s, keys, rows[0]["tuned"])
-    print("10x horizon:", json.dumps(result["horizon_check"]["results"]), flush=True)
-  result["seconds"] = time.time() - start
-  print("summary:", json.dumps(result["summary"]), flush=True)
-  _write(result, a.out, "lopt_suite_quick" if a.quick else "lopt_suite")
-  return 0
+    result["width_check"] = stage(progress, "width check", lambda: evaluate_problem(width, s, keys), _line)
+    result["horizon_check"] = stage(progress, "horizon check",
+                                    lambda: horizon_check(problems[0], s, keys, rows[0]["tuned"]),
+                                    lambda h: "10x horizon: " + json.dumps(h["results"]))
+  return result
+
+
+# ---------------------------------------------------------------- resuming a killed run
+# The full suite takes hours on a CPU: each finished stage (a problem, a check) is written to
+# <out>/<stem>.progress.json, and a run with the same settings and θ skips the stages it finds there.
+
+def _jsonable(tree):
+  return json.loads(json.dumps(tree))   # tuples become lists, as they come back from the file
+
+
+def _identity(s, meta):
+  return _jsonable({"settings": {k: v for k, v in s.items() if k != "data_dir"}, "theta_sha256": meta.get("sha256")})
+
+
+def open_progress(path, identity):
+  """{path, identity, stages}: the stages a killed run with this identity finished, or none. A damaged file,
+  or one from other settings or another θ, is reported and set aside as <path>.old, never mixed in."""
+  progress = {"path": path, "identity": identity, "stages": {}}
+  if not os.path.exists(path):
+    return progress
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if saved["identity"] == identity:
+      progress["stages"] = dict(saved["stages"])
+      print(f"resuming from {path}: {len(progress['stages'])} stage(s) already done", flush=True)
+      return progress
+    reason = "it belongs to a run with other settings or another θ"
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    reason = f"it cannot be read ({type(e).__name__}: {e})"
+  os.replace(path, path + ".old")
+  print(f"starting afresh: {path} was set aside as {path}.old because {reason}", flush=True)
+  return progress
+
+
+def stage(progress, name, compute, describe):
+  """compute()'s result, or the one saved under `name` by an earlier sitting; a new one is saved at once."""
+  if name in progress["stages"]:
+    value = progress["stages"][name]
+    print(describe(value), "(resumed)", flush=True)
+    return value
+  value = _jsonable(compute())
+  progress["stages"][name] = value
+  os.makedirs(os.path.dirname(progress["path"]) or ".", exist_ok=True)
+  tmp = progress["path"] + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"identity": progress["identity"], "stages": progress["stages"]}, f)
+  os.replace(tmp, progress["path"])   # atomic: a kill mid-write leaves the previous file whole
+  print(describe(value), flush=True)
+  return value
 
 
 def _select(spec):

@@ -97,3 +97,56 @@ def test_a_missing_candidate_folder_is_refused_by_name(tmp_path):
     lopt_suite.main(["--quick", "--problems", "7", "--no-checks", "--data-dir", str(tmp_path / "none"),
                      "--out", str(tmp_path)])
   assert not (tmp_path / "lopt_suite_quick.json").exists()
+
+
+def _fake_evaluate(calls, fail_on=None):
+  """A stand-in for evaluate_problem: a row that depends only on the problem, and a record of what ran."""
+  def evaluate(problem, s, keys):
+    if problem.name == fail_on:
+      raise KeyboardInterrupt("killed mid-run")
+    calls.append(problem.name)
+    x = (len(problem.name) % 7) / 100
+    return {"problem": problem.name, "tuned": {"schedule": "cosine", "lr": 0.01, "weight_decay": 0.0},
+            "test_diff": [x, x - 0.01, x + 0.01], "train_diff": [-x, -x - 0.01, -x + 0.01],
+            "verdict_test": "worse", "verdict_train": "better", "verdict": "worse", "speedup": 1 + x,
+            "learned_test": 1 + x, "adam_test": 1.0}
+  return evaluate
+
+
+def test_a_killed_suite_resumes_from_its_finished_problems(tmp_path, monkeypatch, capsys):
+  from unrolled_es_tasks import lopt_family
+  args = ["--quick", "--problems", "7,8,10", "--seeds", "3", "--no-checks"]
+  whole, calls = [], []
+  monkeypatch.setattr(lopt_suite, "evaluate_problem", _fake_evaluate(whole))
+  lopt_suite.main(args + ["--out", str(tmp_path / "whole")])
+  second = lopt_family.HELD_OUT[8].name
+  monkeypatch.setattr(lopt_suite, "evaluate_problem", _fake_evaluate(calls, fail_on=second))
+  with pytest.raises(KeyboardInterrupt):
+    lopt_suite.main(args + ["--out", str(tmp_path / "run")])
+  progress = tmp_path / "run" / "lopt_suite_quick.progress.json"
+  assert list(json.loads(progress.read_text())["stages"]) == [f"problem {lopt_family.HELD_OUT[7].name}"]
+  monkeypatch.setattr(lopt_suite, "evaluate_problem", _fake_evaluate(calls))
+  lopt_suite.main(args + ["--out", str(tmp_path / "run")])
+  assert calls == [lopt_family.HELD_OUT[i].name for i in (7, 8, 10)]   # the first problem ran once, not twice
+  resumed = json.loads((tmp_path / "run" / "lopt_suite_quick.json").read_text())
+  uninterrupted = json.loads((tmp_path / "whole" / "lopt_suite_quick.json").read_text())
+  assert resumed["rows"] == uninterrupted["rows"] and resumed["summary"] == uninterrupted["summary"]
+  assert not progress.exists() and "(resumed)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "other settings"])
+def test_a_damaged_or_foreign_progress_file_is_set_aside_not_mixed_in(tmp_path, monkeypatch, capsys, damage):
+  calls = []
+  monkeypatch.setattr(lopt_suite, "evaluate_problem", _fake_evaluate(calls))
+  progress = tmp_path / "lopt_suite_quick.progress.json"
+  if damage == "corrupt":
+    progress.write_text('{"identity": {"settin')
+  else:   # a finished stage of a run with 4 seeds must not stand in for a 3-seed run
+    fake = lopt_suite.open_progress(str(progress), lopt_suite._identity(
+        dict(lopt_suite.QUICK, seeds=4), {"sha256": "x"}))
+    lopt_suite.stage(fake, "problem mlp breast-cancer 32", lambda: {"stale": True}, str)
+  lopt_suite.main(["--quick", "--problems", "7", "--seeds", "3", "--no-checks", "--out", str(tmp_path)])
+  assert calls == ["mlp breast-cancer 32"]
+  assert (tmp_path / "lopt_suite_quick.progress.json.old").exists()
+  assert "starting afresh" in capsys.readouterr().out
+  assert "stale" not in json.loads((tmp_path / "lopt_suite_quick.json").read_text())["rows"][0]
