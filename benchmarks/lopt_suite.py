@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from benchmarks import lopt_suite_stats as st
+from benchmarks.common import write_json_atomic
 from unrolled_es_tasks import lopt_family
 from unrolled_es_tasks.lopt_pretrained import DATA_DIR, load as load_shipped, pretrained
 
@@ -233,11 +234,7 @@ def stage(progress, name, compute, describe):
     return value
   value = _jsonable(compute())
   progress["stages"][name] = value
-  os.makedirs(os.path.dirname(progress["path"]) or ".", exist_ok=True)
-  tmp = progress["path"] + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"identity": progress["identity"], "stages": progress["stages"]}, f)
-  os.replace(tmp, progress["path"])   # atomic: a kill mid-write leaves the previous file whole
+  write_json_atomic({"identity": progress["identity"], "stages": progress["stages"]}, progress["path"])
   print(describe(value), flush=True)
   return value
 
