@@ -21,6 +21,11 @@ about episodes × up to 1000 env steps) each ARS version needed to reach them: U
 be read offline); `ARS_TABLE1_ENV_STEPS` stays None until someone fills it from the paper. Each run's first env step
 count at which the evaluated return passes the threshold is reported (`steps_to_threshold`).
 
+At the settings Hopper, HalfCheetah and Walker2d publish (K = T, particles not staggered) each window is one whole
+episode, so ES-Single, PES, truncated ES and full ES are one estimator: from the same seed their runs are the same,
+bit for bit (tests/test_online_equivalence.py; the four-method --quick run in benchmarks/RESULTS.md). They differ
+only at K < T or with staggered particles.
+
 Full mode: 3 seeds, the budgets in ENVS. --quick: 1 seed, ES-Single only unless --methods is given, a 1/50 budget,
 no stagger: a pipeline check. Writes mujoco_linear.json / .png (mujoco_linear_quick.* with --quick) to --out.
 Seeds can run as separate processes, each `--first-seed S --seeds 1`: a process adds its runs to the runs of
