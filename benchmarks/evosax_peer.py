@@ -71,6 +71,34 @@ def _strategy(kind, population_size, solution, sigma):
              std_schedule=optax.constant_schedule(sigma), fitness_shaping_fn=identity_fitness_shaping_fn)
 
 
+def _checked_settings(kind, system, num_particles, sigma, truncation_length):
+  """(pairs, σ, K), checked here because evosax does not check them."""
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+  check_system(system)
+  num_pairs = check_int("num_particles", num_particles, 1)
+  sigma = check_positive_float("sigma", sigma)
+  k = check_int("truncation_length", truncation_length, 1, system.horizon)
+  if system.horizon % k:
+    raise ValueError(f"truncation_length must divide the horizon {system.horizon} (evosax resets all members in "
+                     f"lockstep at the end of a window); got {truncation_length}")
+  return num_pairs, sigma, k
+
+
+def _window_info(losses, fitness, new_episode):
+  """The same scalars as our estimators report, counted per pair (a "particle" of unrolled_es.core.particles)."""
+  k, pop = losses.shape
+  num_pairs = pop // 2
+  finite = jnp.all(jnp.isfinite(losses.reshape(k, 2, num_pairs)), axis=(0, 1))
+  n_valid = jnp.sum(finite)
+  pair_loss = jnp.mean(fitness.reshape(2, num_pairs), axis=0)
+  return {"loss": jnp.sum(jnp.where(finite, pair_loss, 0.0)) / n_valid,
+          "num_nonfinite": (num_pairs - n_valid).astype(jnp.int32),
+          "num_valid": n_valid.astype(jnp.int32),
+          "resets": jnp.where(new_episode, num_pairs, 0).astype(jnp.int32),
+          "inner_steps": jnp.asarray(pop * k, jnp.int32)}
+
+
 def evosax_estimator(kind: str, system: UnrolledSystem, num_particles: int, sigma: float,
                      truncation_length: int) -> EvosaxPeer:
   """evosax's `kind` ("persistent_es" | "noise_reuse_es") as a gradient estimator over `system`.
@@ -89,17 +117,8 @@ def evosax_estimator(kind: str, system: UnrolledSystem, num_particles: int, sigm
   then non-finite too: the peer is left as it is), "resets" pairs that began a new episode in this call
   (all or none; the very first window is not counted), "inner_steps" member-steps run (2P·K).
   """
-  if kind not in KINDS:
-    raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
-  check_system(system)
-  num_pairs = check_int("num_particles", num_particles, 1)
-  sigma = check_positive_float("sigma", sigma)
-  horizon = system.horizon
-  k = check_int("truncation_length", truncation_length, 1, horizon)
-  if horizon % k:
-    raise ValueError(f"truncation_length must divide the horizon {horizon} (evosax resets all members in "
-                     f"lockstep at the end of a window); got {truncation_length}")
-  pop = 2 * num_pairs
+  num_pairs, sigma, k = _checked_settings(kind, system, num_particles, sigma, truncation_length)
+  horizon, pop = system.horizon, 2 * num_pairs
   built = {}
 
   def setup(theta):
@@ -154,16 +173,7 @@ def evosax_estimator(kind: str, system: UnrolledSystem, num_particles: int, sigm
     fitness = jnp.mean(losses, axis=0)
     es, _ = strategy.tell(tell_key, population, fitness, es, params)
     grad = unravel(es.opt_state)
-    # The same scalars as our estimators report, counted per pair (a "particle" of unrolled_es.core.particles).
-    finite = jnp.all(jnp.isfinite(losses.reshape(k, 2, num_pairs)), axis=(0, 1))
-    n_valid = jnp.sum(finite)
-    pair_loss = jnp.mean(fitness.reshape(2, num_pairs), axis=0)
     new_episode = (t0 == 0) & (state.es.generation_counter > 0)   # the first window's start is no reset
-    info = {"loss": jnp.sum(jnp.where(finite, pair_loss, 0.0)) / n_valid,
-            "num_nonfinite": (num_pairs - n_valid).astype(jnp.int32),
-            "num_valid": n_valid.astype(jnp.int32),
-            "resets": jnp.where(new_episode, num_pairs, 0).astype(jnp.int32),
-            "inner_steps": jnp.asarray(pop * k, jnp.int32)}
-    return grad, PeerState(es=es, inner=inner, bases=bases), info
+    return grad, PeerState(es=es, inner=inner, bases=bases), _window_info(losses, fitness, new_episode)
 
   return EvosaxPeer(init=init, estimate=estimate)
