@@ -7,8 +7,8 @@ estimators, on native MuJoCo.
 What is run: the control task's linear policy (W = 0 at the start, ARS V2 observation normalisation kept in θ and
 merged after every update, ARS's survival-bonus shift in the training loss only) on Gymnasium's Hopper-v5,
 HalfCheetah-v5, Walker2d-v5 and Ant-v5 (tasks/mujoco_native.py: returns as Gymnasium scores them), with the
-task's settings (σ = ARS's ν, Adam at ARS's α/√b, N = 32 pairs, K = T; on Hopper, HalfCheetah and Walker2d
-ARS's top 8 directions, unstaggered; tasks/control.py), for
+task's settings (σ = ARS's ν, Adam at ARS's α/√b, N = 32 pairs, K = T, ARS's top 8 directions, unstaggered;
+tasks/control.py), for
 each method and seed the same budget of member steps (every member's inner step, the staggering burn-in included,
 frozen steps after a termination too). The loop, the evaluation (16 episodes on fixed keys, Gymnasium's returns) and the plot are
 benchmarks/control.py's. Beside each evaluation the env steps really simulated are logged (`env_steps`, the plots'
@@ -21,7 +21,7 @@ about episodes × up to 1000 env steps) each ARS version needed to reach them: U
 be read offline); `ARS_TABLE1_ENV_STEPS` stays None until someone fills it from the paper. Each run's first env step
 count at which the evaluated return passes the threshold is reported (`steps_to_threshold`).
 
-At the settings Hopper, HalfCheetah and Walker2d publish (K = T, particles not staggered) each window is one whole
+At the settings the four environments publish (K = T, particles not staggered) each window is one whole
 episode, so ES-Single, PES, truncated ES and full ES are one estimator: from the same seed their runs are the same,
 bit for bit (tests/test_online_equivalence.py; the four-method --quick run in benchmarks/RESULTS.md). They differ
 only at K < T or with staggered particles.
