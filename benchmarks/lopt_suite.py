@@ -85,30 +85,37 @@ def configs(problem, lrs):
   return rows
 
 
-def _np(runs):
+def as_numpy(runs):
   return {k: np.asarray(v, np.float64) for k, v in runs.items()}
 
 
-def tune(problem, steps, keys, lrs):
-  """(best config, its runs, the grid's scores): the lowest seed-mean tail validation loss."""
-  rows = configs(problem, lrs)
-  lr, cos, wd = (jnp.asarray(np.array(c, np.float32)) for c in zip(*rows))
-  runs = _np(grid_runner(problem, steps)(lr, cos.astype(bool), wd, keys))
+def pick(runs, steps):
+  """(index of the best configuration, every configuration's score) of runs with leading axes (configs, seeds):
+  the lowest seed-mean validation loss over the last tenth of the run; a configuration with a non-finite run is
+  out (scores +inf)."""
   tail = max(1, steps // 10)
   finite = np.all(np.isfinite(runs["train"]), (1, 2)) & np.all(np.isfinite(runs["test_loss"]), 1)
   score = np.where(finite, runs["valid"][:, :, -tail:].mean((1, 2)), np.inf)
-  j = int(np.argmin(score))
+  return int(np.argmin(score)), score.tolist()
+
+
+def tune(problem, steps, keys, lrs):
+  """(best config, its runs, the grid's scores), chosen by `pick`."""
+  rows = configs(problem, lrs)
+  lr, cos, wd = (jnp.asarray(np.array(c, np.float32)) for c in zip(*rows))
+  runs = as_numpy(grid_runner(problem, steps)(lr, cos.astype(bool), wd, keys))
+  j, scores = pick(runs, steps)
   best = {"lr": rows[j][0], "schedule": "cosine" if rows[j][1] else "constant", "weight_decay": rows[j][2]}
-  return best, {k: v[j] for k, v in runs.items()}, score.tolist()
+  return best, {k: v[j] for k, v in runs.items()}, scores
 
 
 def evaluate_problem(problem, s, keys):
   steps = s["steps"]
   best, adam, scores = tune(problem, steps, keys, s["lrs"])
-  learned = _np(learned_runner(problem, steps, steps, s["data_dir"])(keys))
+  learned = as_numpy(learned_runner(problem, steps, steps, s["data_dir"])(keys))
   long = grid_runner(problem, SPEEDUP_CAP * steps)
   cfg = [jnp.asarray([v], jnp.float32) for v in (best["lr"], best["schedule"] == "cosine", best["weight_decay"])]
-  adam_long = _np(long(cfg[0], cfg[1].astype(bool), cfg[2], keys))
+  adam_long = as_numpy(long(cfg[0], cfg[1].astype(bool), cfg[2], keys))
   test = st.paired_ci(learned["test_loss"], adam["test_loss"])
   train = st.paired_ci(learned["train"].mean(1), adam["train"].mean(1))
   verdicts = (st.verdict(test), st.verdict(train))
@@ -126,12 +133,12 @@ def horizon_check(problem, s, keys, tuned):
   steps = s["long_steps"]
   out = {}
   for name, num_steps in (("learned, length known", steps), ("learned, length unknown", None)):
-    runs = _np(learned_runner(problem, steps, num_steps, s["data_dir"])(keys))
+    runs = as_numpy(learned_runner(problem, steps, num_steps, s["data_dir"])(keys))
     out[name] = {"diverged": int(np.sum(~np.isfinite(runs["train"]).all(1))),
                  "final_train": float(np.mean(runs["train"][:, -max(1, steps // 20):])),
                  "test": float(np.mean(runs["test_loss"]))}
   cfg = [jnp.asarray([v], jnp.float32) for v in (tuned["lr"], tuned["schedule"] == "cosine", tuned["weight_decay"])]
-  runs = _np(grid_runner(problem, steps)(cfg[0], cfg[1].astype(bool), cfg[2], keys))
+  runs = as_numpy(grid_runner(problem, steps)(cfg[0], cfg[1].astype(bool), cfg[2], keys))
   out["adam (tuned at the suite's length)"] = {"diverged": int(np.sum(~np.isfinite(runs["train"][0]).all(1))),
                                                "final_train": float(np.mean(runs["train"][0][:, -max(1, steps // 20):])),
                                                "test": float(np.mean(runs["test_loss"][0]))}
@@ -165,9 +172,9 @@ def main(argv=None):
       s[name] = getattr(a, name)
   if s["seeds"] < 2 or s["steps"] < 10:
     raise ValueError(f"--seeds must be at least 2 and --steps at least 10; got {s['seeds']} and {s['steps']}")
-  problems = _select(a.problems)
+  problems = select_problems(a.problems)
   stem = "lopt_suite_quick" if a.quick else "lopt_suite"
-  progress = open_progress(os.path.join(a.out, stem + ".progress.json"), _identity(s, meta))
+  progress = open_progress(os.path.join(a.out, stem + ".progress.json"), run_identity(s, meta))
   start = time.time()
   result = run_suite(problems, s, progress, checks=not a.no_checks)
   result["theta"] = {k: meta.get(k) for k in ("sha256", "outer_step", "command", "last_eval")}
@@ -182,7 +189,7 @@ def run_suite(problems, s, progress, checks=True):
   """Every problem's row, then the width and horizon checks; each stage is saved to `progress` when it ends."""
   keys = jax.random.split(jax.random.PRNGKey(EVAL_SEED), s["seeds"])
   rows = [stage(progress, f"problem {p.name}", lambda p=p: evaluate_problem(p, s, keys), _line) for p in problems]
-  result = {"settings": _jsonable(s), "rows": rows, "summary": summary(rows)}
+  result = {"settings": jsonable(s), "rows": rows, "summary": summary(rows)}
   if checks:
     width = lopt_family.HELD_OUT[0]._replace(name=f"mlp digits {8 * META_WIDTH}-{8 * META_WIDTH} (8x width)",
                                              sizes=(8 * META_WIDTH, 8 * META_WIDTH))
@@ -197,12 +204,12 @@ def run_suite(problems, s, progress, checks=True):
 # The full suite takes hours on a CPU: each finished stage (a problem, a check) is written to
 # <out>/<stem>.progress.json, and a run with the same settings and θ skips the stages it finds there.
 
-def _jsonable(tree):
+def jsonable(tree):
   return json.loads(json.dumps(tree))   # tuples become lists, as they come back from the file
 
 
-def _identity(s, meta):
-  return _jsonable({"settings": {k: v for k, v in s.items() if k != "data_dir"}, "theta_sha256": meta.get("sha256")})
+def run_identity(s, meta):
+  return jsonable({"settings": {k: v for k, v in s.items() if k != "data_dir"}, "theta_sha256": meta.get("sha256")})
 
 
 def open_progress(path, identity):
@@ -232,14 +239,14 @@ def stage(progress, name, compute, describe):
     value = progress["stages"][name]
     print(describe(value), "(resumed)", flush=True)
     return value
-  value = _jsonable(compute())
+  value = jsonable(compute())
   progress["stages"][name] = value
   write_json_atomic({"identity": progress["identity"], "stages": progress["stages"]}, progress["path"])
   print(describe(value), flush=True)
   return value
 
 
-def _select(spec):
+def select_problems(spec):
   if spec is None:
     return list(lopt_family.HELD_OUT)
   try:
@@ -250,13 +257,14 @@ def _select(spec):
                      f"got {spec!r}") from None
 
 
-def _fmt(ci):
+def fmt_ci(ci):
   return f"{ci[0]:+.4f} [{ci[1]:+.4f}, {ci[2]:+.4f}]"
 
 
 def _line(r):
   t = r["tuned"]
-  return (f"{r['problem']:34s} test Δ {_fmt(r['test_diff'])} ({r['verdict_test']}), train Δ {_fmt(r['train_diff'])} "
+  return (f"{r['problem']:34s} test Δ {fmt_ci(r['test_diff'])} ({r['verdict_test']}), "
+          f"train Δ {fmt_ci(r['train_diff'])} "
           f"({r['verdict_train']}), speed-up {r['speedup']:.2f}x, tuned {t['schedule']} lr {t['lr']:.3g} "
           f"wd {t['weight_decay']:g}")
 

@@ -142,7 +142,7 @@ def test_a_damaged_or_foreign_progress_file_is_set_aside_not_mixed_in(tmp_path, 
   if damage == "corrupt":
     progress.write_text('{"identity": {"settin')
   else:   # a finished stage of a run with 4 seeds must not stand in for a 3-seed run
-    fake = lopt_suite.open_progress(str(progress), lopt_suite._identity(
+    fake = lopt_suite.open_progress(str(progress), lopt_suite.run_identity(
         dict(lopt_suite.QUICK, seeds=4), {"sha256": "x"}))
     lopt_suite.stage(fake, "problem mlp breast-cancer 32", lambda: {"stale": True}, str)
   lopt_suite.main(["--quick", "--problems", "7", "--seeds", "3", "--no-checks", "--out", str(tmp_path)])
