@@ -1,6 +1,6 @@
 """Ablation: how much of the pretrained optimizer's gap to per-problem-tuned Adam is its step size?
 
-    python -m benchmarks.lopt_step_ablation [--problems 0,1,2,7,8,9,10] [--seeds 8] [--steps 1000]
+    python -m benchmarks.lopt_step_ablation [--quick] [--problems 0,1,2,7,8,9,10] [--seeds 8] [--steps 1000]
                                             [--data-dir DIR] [--out benchmarks/results]
 
 Tuned Adam gets a step size chosen per problem; the pretrained optimizer has one θ for every problem, so whatever
@@ -18,8 +18,8 @@ that problem is the step size; where c tuned is still worse, it is more than the
 and Adam's are tuned on the evaluation seeds.
 
 The default problems are the seven without a CNN, RNN or attention model (those take hours on a CPU). A killed
-run resumes from <out>/lopt_step_ablation.progress.json, as the suite does. Writes lopt_step_ablation.json and
-.png to --out.
+run resumes from <out>/lopt_step_ablation.progress.json, as the suite does. --quick: the suite's quick settings (3
+seeds, 60 steps, a half-decade Adam grid). Writes lopt_step_ablation[_quick].json and .png to --out.
 """
 import argparse
 import functools
@@ -40,7 +40,6 @@ from unrolled_es_tasks.lopt_pretrained import DATA_DIR, load, pretrained
 
 SCALES = tuple(float(10 ** (k / 4)) for k in range(-6, 7))
 DEFAULT_PROBLEMS = "0,1,2,7,8,9,10"
-STEM = "lopt_step_ablation"
 
 
 @functools.lru_cache(maxsize=64)
@@ -90,20 +89,24 @@ def _line(r):
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true")
   ap.add_argument("--problems", default=DEFAULT_PROBLEMS, help="comma-separated indices into HELD_OUT")
-  ap.add_argument("--seeds", type=int, default=lopt_suite.FULL["seeds"])
-  ap.add_argument("--steps", type=int, default=lopt_suite.FULL["steps"])
+  ap.add_argument("--seeds", type=int, default=None)
+  ap.add_argument("--steps", type=int, default=None)
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   ap.add_argument("--data-dir", default=DATA_DIR, help="the θ to score (default: the shipped one)")
   a = ap.parse_args(argv)
-  if a.seeds < 2 or a.steps < 10:
-    ap.error(f"--seeds must be at least 2 and --steps at least 10; got {a.seeds} and {a.steps}")
-  s = {"seeds": a.seeds, "steps": a.steps, "lrs": lopt_suite.ADAM_LRS, "scales": SCALES, "data_dir": a.data_dir}
+  mode = lopt_suite.QUICK if a.quick else lopt_suite.FULL
+  s = {"seeds": a.seeds or mode["seeds"], "steps": a.steps or mode["steps"], "lrs": mode["lrs"], "scales": SCALES,
+       "data_dir": a.data_dir}
+  if s["seeds"] < 2 or s["steps"] < 10:
+    ap.error(f"--seeds must be at least 2 and --steps at least 10; got {s['seeds']} and {s['steps']}")
+  stem = "lopt_step_ablation_quick" if a.quick else "lopt_step_ablation"
   _, _, meta = load(a.data_dir)
   problems = lopt_suite.select_problems(a.problems)
-  path = os.path.join(a.out, STEM + ".progress.json")
+  path = os.path.join(a.out, stem + ".progress.json")
   progress = lopt_suite.open_progress(path, lopt_suite.run_identity(s, meta))
-  keys = jax.random.split(jax.random.PRNGKey(lopt_suite.EVAL_SEED), a.seeds)
+  keys = jax.random.split(jax.random.PRNGKey(lopt_suite.EVAL_SEED), s["seeds"])
   start = time.time()
   rows = [lopt_suite.stage(progress, f"problem {p.name}", lambda p=p: evaluate_problem(p, s, keys), _line)
           for p in problems]
@@ -111,9 +114,9 @@ def main(argv=None):
             "theta": {k: meta.get(k) for k in ("sha256", "outer_step", "command")}, "seconds": time.time() - start}
   print("summary:", json.dumps(result["summary"]), flush=True)
   os.makedirs(a.out, exist_ok=True)
-  with open(os.path.join(a.out, STEM + ".json"), "w") as f:
+  with open(os.path.join(a.out, stem + ".json"), "w") as f:
     json.dump(result, f, indent=1)
-  plot(rows, os.path.join(a.out, STEM + ".png"))
+  plot(rows, os.path.join(a.out, stem + ".png"))
   os.remove(progress["path"])
   return 0
 
