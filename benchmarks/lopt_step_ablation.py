@@ -51,13 +51,8 @@ def scaled_runner(problem, steps, data_dir=DATA_DIR):
 
 
 def compare(runs, adam):
-  """Paired intervals and verdicts of one configuration's runs against tuned Adam's."""
-  test = st.paired_ci(runs["test_loss"], adam["test_loss"])
-  train = st.paired_ci(runs["train"].mean(1), adam["train"].mean(1))
-  verdicts = (st.verdict(test), st.verdict(train))
-  overall = "worse" if "worse" in verdicts else "better" if "better" in verdicts else "not different"
-  return {"test_loss": float(np.mean(runs["test_loss"])), "test_diff": test, "train_diff": train,
-          "verdict_test": verdicts[0], "verdict_train": verdicts[1], "verdict": overall}
+  """One configuration's mean test loss, and its paired intervals and verdicts against tuned Adam's runs."""
+  return {"test_loss": float(np.mean(runs["test_loss"])), **lopt_suite.paired_verdicts(runs, adam)}
 
 
 def evaluate_problem(problem, s, keys):

@@ -31,7 +31,6 @@ A killed run resumes: re-run the same command, and the problems and checks it fi
 import argparse
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -109,6 +108,17 @@ def tune(problem, steps, keys, lrs):
   return best, {k: v[j] for k, v in runs.items()}, scores
 
 
+def paired_verdicts(runs, adam):
+  """Paired intervals of final test loss and of mean training loss (runs − tuned Adam) over the seeds, their
+  verdicts, and the overall one: worse if either is worse, else better if either is better."""
+  test = st.paired_ci(runs["test_loss"], adam["test_loss"])
+  train = st.paired_ci(runs["train"].mean(1), adam["train"].mean(1))
+  verdicts = (st.verdict(test), st.verdict(train))
+  overall = "worse" if "worse" in verdicts else "better" if "better" in verdicts else "not different"
+  return {"test_diff": test, "train_diff": train, "verdict_test": verdicts[0], "verdict_train": verdicts[1],
+          "verdict": overall}
+
+
 def evaluate_problem(problem, s, keys):
   steps = s["steps"]
   best, adam, scores = tune(problem, steps, keys, s["lrs"])
@@ -116,14 +126,9 @@ def evaluate_problem(problem, s, keys):
   long = grid_runner(problem, SPEEDUP_CAP * steps)
   cfg = [jnp.asarray([v], jnp.float32) for v in (best["lr"], best["schedule"] == "cosine", best["weight_decay"])]
   adam_long = as_numpy(long(cfg[0], cfg[1].astype(bool), cfg[2], keys))
-  test = st.paired_ci(learned["test_loss"], adam["test_loss"])
-  train = st.paired_ci(learned["train"].mean(1), adam["train"].mean(1))
-  verdicts = (st.verdict(test), st.verdict(train))
-  overall = "worse" if "worse" in verdicts else "better" if "better" in verdicts else "not different"
   return {"problem": problem.name, "kind": problem.kind, "tuned": best, "grid_scores": scores,
           "learned_test": float(np.mean(learned["test_loss"])), "adam_test": float(np.mean(adam["test_loss"])),
-          "test_diff": test, "train_diff": train, "verdict_test": verdicts[0], "verdict_train": verdicts[1],
-          "verdict": overall, "diverged_learned": int(np.sum(~np.isfinite(learned["train"]).all(1))),
+          **paired_verdicts(learned, adam), "diverged_learned": int(np.sum(~np.isfinite(learned["train"]).all(1))),
           "speedup": st.speedup(learned["train"].mean(0), adam_long["train"][0].mean(0), SPEEDUP_CAP),
           "curves": {"learned": learned["train"].mean(0).tolist(), "adam": adam["train"].mean(0).tolist()}}
 
