@@ -108,10 +108,7 @@ def main(argv=None):
   result = {"settings": lopt_suite.jsonable(s), "rows": rows, "summary": summary(rows),
             "theta": {k: meta.get(k) for k in ("sha256", "outer_step", "command")}, "seconds": time.time() - start}
   print("summary:", json.dumps(result["summary"]), flush=True)
-  os.makedirs(a.out, exist_ok=True)
-  with open(os.path.join(a.out, stem + ".json"), "w") as f:
-    json.dump(result, f, indent=1)
-  plot(rows, os.path.join(a.out, stem + ".png"))
+  lopt_suite.write_result(result, a.out, stem, plot)
   os.remove(progress["path"])
   return 0
 
@@ -121,17 +118,11 @@ def plot(rows, path):
   from matplotlib.figure import Figure
   fig = Figure(figsize=(11, 4.2), dpi=100)
   FigureCanvasAgg(fig)
-  y = np.arange(len(rows))
   for i, (key, title) in enumerate((("test_diff", "final test loss − tuned Adam's"),
                                     ("train_diff", "mean training loss − tuned Adam's"))):
-    ax = fig.add_subplot(1, 2, i + 1)
-    for shift, (which, label) in ((-0.15, ("scale_1", "c = 1")), (0.15, ("scale_tuned", "c tuned per problem"))):
-      ci = np.array([r[which][key] for r in rows])
-      ax.errorbar(ci[:, 0], y + shift, xerr=[ci[:, 0] - ci[:, 1], ci[:, 2] - ci[:, 0]], fmt="o", capsize=3,
-                  label=label)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set(title=title, yticks=y, yticklabels=[r["problem"] for r in rows] if i == 0 else [])
-    ax.tick_params(labelsize=7)
+    series = [(label, [r[which][key] for r in rows])
+              for which, label in (("scale_1", "c = 1"), ("scale_tuned", "c tuned per problem"))]
+    lopt_suite.interval_panel(fig.add_subplot(1, 2, i + 1), rows, series, title, names=i == 0)
   fig.axes[0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path)

@@ -185,7 +185,7 @@ def main(argv=None):
   result["theta"] = {k: meta.get(k) for k in ("sha256", "outer_step", "command", "last_eval")}
   result["seconds"] = time.time() - start   # this sitting's time; stages resumed from a killed run are not in it
   print("summary:", json.dumps(result["summary"]), flush=True)
-  _write(result, a.out, stem)
+  write_result(result, a.out, stem)
   os.remove(progress["path"])
   return 0
 
@@ -274,11 +274,26 @@ def _line(r):
           f"wd {t['weight_decay']:g}")
 
 
-def _write(result, out, stem):
+def write_result(result, out, stem, plot_rows=None):
+  """<out>/<stem>.json, and <stem>.png drawn by plot_rows(rows, path) (default: this suite's plot)."""
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, stem + ".json"), "w") as f:
     json.dump(result, f, indent=1)
-  plot(result["rows"], os.path.join(out, stem + ".png"))
+  (plot_rows or plot)(result["rows"], os.path.join(out, stem + ".png"))
+
+
+def interval_panel(ax, rows, series, title, names=True):
+  """One problem per row: for each (label, [(mean, low, high)] per problem) of `series`, the intervals, offset so
+  that several series side by side stay apart; 0 marked."""
+  y = np.arange(len(rows))
+  for k, (label, cis) in enumerate(series):
+    ci = np.asarray(cis, np.float64).reshape(len(rows), 3)
+    shift = 0.3 * (k - (len(series) - 1) / 2)
+    ax.errorbar(ci[:, 0], y + shift, xerr=[ci[:, 0] - ci[:, 1], ci[:, 2] - ci[:, 0]], fmt="o", capsize=3,
+                label=label)
+  ax.axvline(0, color="k", lw=0.8)
+  ax.set(title=title, yticks=y, yticklabels=[r["problem"] for r in rows] if names else [])
+  ax.tick_params(labelsize=7)
 
 
 def plot(rows, path):
@@ -289,13 +304,7 @@ def plot(rows, path):
   y = np.arange(len(rows))
   for i, (key, title) in enumerate((("test_diff", "final test loss: learned − tuned Adam"),
                                     ("train_diff", "mean training loss: learned − tuned Adam"))):
-    ax = fig.add_subplot(1, 3, i + 1)
-    m = np.array([r[key][0] for r in rows])
-    err = np.array([[r[key][0] - r[key][1], r[key][2] - r[key][0]] for r in rows]).T
-    ax.errorbar(m, y, xerr=err, fmt="o", capsize=3)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set(title=title, yticks=y, yticklabels=[r["problem"] for r in rows] if i == 0 else [])
-    ax.tick_params(labelsize=7)
+    interval_panel(fig.add_subplot(1, 3, i + 1), rows, [(None, [r[key] for r in rows])], title, names=i == 0)
   ax = fig.add_subplot(1, 3, 3)
   ax.barh(y, [r["speedup"] for r in rows])
   ax.axvline(1, color="k", lw=0.8)
