@@ -70,9 +70,10 @@ SETTINGS = {
 # K = 100, staggered, every-direction settings stood at 1853 after 5.0 M. Over three seeds (benchmarks.mujoco_linear)
 # HalfCheetah passed on all three and Walker2d on none: two of its seeds stay in a gait that falls near step 220;
 # Walker2d without the shift (reward_shift=0) stands still for 1000 steps instead (benchmarks/RESULTS.md).
-# Ant takes the same two choices and no survival-bonus shift: so it went from 995 to 2290 at 9.0 M env steps (seed
-# 0, then about 2280 on whole episodes to 10.8 M); with the shift and the same choices one run reached 1267 at 1.1 M
-# and then 650-965 with episodes ending early, another 1269 at 3.15 M (seed 0 each, benchmarks/RESULTS.md).
+# Ant takes the same two choices and no survival-bonus shift: so seed 0 went from 995 to 2290 at 9.0 M env steps
+# (then about 2280 on whole episodes to 10.8 M), seed 1 passed ARS's 3580 at 10.9 M, seed 2 stood at 1913 at 9.2 M;
+# with the shift and the same choices one run reached 1267 at 1.1 M and then 650-965 with episodes ending early,
+# another 1269 at 3.15 M (seed 0 each, benchmarks/RESULTS.md).
 _LOCOMOTION = {"num_particles": 32, "truncation_length": 1000, "optimizer": "adam", "steps": 400}
 SETTINGS.update({
     "Hopper-v5": dict(_LOCOMOTION, sigma=0.025, outer_lr=0.005, stagger=False, shaping="top_directions:8"),
