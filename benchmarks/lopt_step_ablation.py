@@ -92,7 +92,8 @@ def main(argv=None):
   ap.add_argument("--data-dir", default=DATA_DIR, help="the θ to score (default: the shipped one)")
   a = ap.parse_args(argv)
   mode = lopt_suite.QUICK if a.quick else lopt_suite.FULL
-  s = {"seeds": a.seeds or mode["seeds"], "steps": a.steps or mode["steps"], "lrs": mode["lrs"], "scales": SCALES,
+  given = {"seeds": a.seeds, "steps": a.steps}
+  s = {**{k: mode[k] if v is None else v for k, v in given.items()}, "lrs": mode["lrs"], "scales": SCALES,
        "data_dir": a.data_dir}
   if s["seeds"] < 2 or s["steps"] < 10:
     ap.error(f"--seeds must be at least 2 and --steps at least 10; got {s['seeds']} and {s['steps']}")

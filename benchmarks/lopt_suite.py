@@ -276,9 +276,7 @@ def _line(r):
 
 def write_result(result, out, stem, plot_rows=None):
   """<out>/<stem>.json, and <stem>.png drawn by plot_rows(rows, path) (default: this suite's plot)."""
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, stem + ".json"), "w") as f:
-    json.dump(result, f, indent=1)
+  write_json_atomic(result, os.path.join(out, stem + ".json"))
   (plot_rows or plot)(result["rows"], os.path.join(out, stem + ".png"))
 
 

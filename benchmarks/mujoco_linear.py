@@ -5,7 +5,7 @@ estimators, on native MuJoCo.
                                     [--first-seed S]
 
 What is run: the control task's linear policy (W = 0 at the start, ARS V2 observation normalisation kept in θ and
-merged after every update, ARS's survival-bonus shift in the training loss only) on Gymnasium's Hopper-v5,
+merged after every update, ARS's survival-bonus shift in the training loss only, where the task's settings take one) on Gymnasium's Hopper-v5,
 HalfCheetah-v5, Walker2d-v5 and Ant-v5 (tasks/mujoco_native.py: returns as Gymnasium scores them), with the
 task's settings (σ = ARS's ν, Adam at ARS's α/√b, N = 32 pairs, K = T, ARS's top 8 directions, unstaggered;
 tasks/control.py), for

@@ -50,3 +50,9 @@ def test_end_to_end_on_a_tiny_problem_writes_rows_and_a_summary(tmp_path):
   assert sum(result["summary"]["scale_1"]["counts"].values()) == 1
   assert (tmp_path / "lopt_step_ablation.png").exists()
   assert not (tmp_path / "lopt_step_ablation.progress.json").exists()
+
+
+def test_too_few_seeds_are_refused_by_name(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    ab.main(["--seeds", "0", "--out", str(tmp_path)])
+  assert "--seeds must be at least 2" in capsys.readouterr().err
