@@ -2,6 +2,7 @@
 
     python -m benchmarks.lopt_suite [--quick] [--seeds 8] [--steps 1000] [--problems 0,3] [--out benchmarks/results]
                                     [--data-dir DIR]
+    python -m benchmarks.lopt_suite --report benchmarks/results/lopt_suite.json   # its figures as markdown tables
 
 Problems: `lopt_family.HELD_OUT` (11 problems of 6 kinds: MLP, CNN, RNN/LSTM, attention, tabular small-data
 with breast cancer, regression), none of which the optimizer was meta-trained on. On every problem each
@@ -25,6 +26,8 @@ width 8× the meta-training MLP width (32 → 256). --quick: 3 seeds, 60 steps, 
 Writes lopt_suite[_quick].json and .png to --out, with the scored θ's checksum, outer step and command.
 A killed run resumes: re-run the same command, and the problems and checks it finished are read back from
 <out>/lopt_suite[_quick].progress.json (kept only while the run is unfinished).
+--report prints a run's figures as the tables of benchmarks/RESULTS.md, from its JSON or, for a run still
+going or killed, from its progress file (the finished problems, and a summary over those alone).
 --data-dir scores a candidate instead of the shipped θ: a folder written by `python -m benchmarks.lopt_pretrain
 --out RUN --export --export-to DIR`, so that a meta-training run is judged on the held-out suite before it ships.
 """
@@ -169,7 +172,13 @@ def main(argv=None):
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   ap.add_argument("--data-dir", default=DATA_DIR, help="the θ to score: a folder of lopt_pretrain --export-to "
                   "(default: the shipped one)")
+  ap.add_argument("--report", metavar="JSON", help="only print an earlier run's figures as markdown tables: its "
+                  "lopt_suite[_quick].json, or the .progress.json of an unfinished run (its finished stages)")
   a = ap.parse_args(argv)
+  if a.report:
+    with open(a.report) as f:
+      print(report(json.load(f)))
+    return 0
   s = dict(QUICK if a.quick else FULL, data_dir=a.data_dir)
   _, _, meta = load_shipped(a.data_dir)   # a missing or damaged θ fails here, before any training
   for name in ("seeds", "steps"):
@@ -272,6 +281,53 @@ def _line(r):
           f"train Δ {fmt_ci(r['train_diff'])} "
           f"({r['verdict_train']}), speed-up {r['speedup']:.2f}x, tuned {t['schedule']} lr {t['lr']:.3g} "
           f"wd {t['weight_decay']:g}")
+
+
+# ---------------------------------------------------------------- markdown, as benchmarks/RESULTS.md shows it
+
+def report(saved):
+  """Markdown tables of a finished result, or of a progress file: its finished problems, with the summary over
+  those alone (marked as such)."""
+  partial = "stages" in saved
+  if partial:
+    stages = saved["stages"]
+    rows = [v for name, v in stages.items() if name.startswith("problem ")]
+    saved = {"rows": rows, "summary": summary(rows) if rows else None,
+             "width_check": stages.get("width check"), "horizon_check": stages.get("horizon check")}
+  lines = ["| problem | final test loss, learned / tuned | test Δ | mean training loss Δ | speed-up | tuned | "
+           "verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
+  lines += [_table_row(r) for r in saved["rows"]]
+  if saved.get("width_check"):
+    lines.append(_table_row(saved["width_check"]))
+  if saved["summary"]:
+    lines += ["", ("Over the finished problems only: " if partial else "Summary: ") + _summary_line(saved["summary"])]
+  if saved.get("horizon_check"):
+    lines += ["", *_horizon_table(saved["horizon_check"])]
+  return "\n".join(lines)
+
+
+def _tuned_text(t):
+  return f"{t['schedule']} {t['lr']:.3g}" + (f", wd {t['weight_decay']:g}" if t["weight_decay"] else "")
+
+
+def _table_row(r):
+  return (f"| {r['problem']} | {r['learned_test']:.4f} / {r['adam_test']:.4f} | {fmt_ci(r['test_diff'])} | "
+          f"{fmt_ci(r['train_diff'])} | {r['speedup']:.2f}× | {_tuned_text(r['tuned'])} | {r['verdict']} |")
+
+
+def _summary_line(sm):
+  c, ct, cr = sm["counts"], sm["counts_test_loss"], sm["counts_train_loss"]
+  trio = lambda c: f"{c['better']} / {c['not different']} / {c['worse']}"
+  return (f"better / not different / worse {trio(c)} (by test loss {trio(ct)}, by mean training loss {trio(cr)}); "
+          f"interquartile mean of normalised final test loss {sm['iqm_normalised_test_loss']:.3f} (tuned Adam 1); "
+          f"median speed-up {sm['median_speedup']:.2f}×.")
+
+
+def _horizon_table(h):
+  lines = [f"{h['problem']}, {h['steps']} steps:", "", "| optimizer | diverged runs | final training loss | test loss |",
+           "| --- | --- | --- | --- |"]
+  return lines + [f"| {name} | {v['diverged']} | {v['final_train']:.4g} | {v['test']:.4f} |"
+                  for name, v in h["results"].items()]
 
 
 def write_result(result, out, stem, plot_rows=None):

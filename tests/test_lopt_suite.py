@@ -150,3 +150,24 @@ def test_a_damaged_or_foreign_progress_file_is_set_aside_not_mixed_in(tmp_path, 
   assert (tmp_path / "lopt_suite_quick.progress.json.old").exists()
   assert "starting afresh" in capsys.readouterr().out
   assert "stale" not in json.loads((tmp_path / "lopt_suite_quick.json").read_text())["rows"][0]
+
+
+def test_report_prints_a_finished_run_and_the_finished_stages_of_a_killed_one(tmp_path, monkeypatch, capsys):
+  from unrolled_es_tasks import lopt_family
+  args = ["--quick", "--problems", "7,8", "--seeds", "3", "--no-checks"]
+  monkeypatch.setattr(lopt_suite, "evaluate_problem", _fake_evaluate([]))
+  lopt_suite.main(args + ["--out", str(tmp_path / "whole")])
+  monkeypatch.setattr(lopt_suite, "evaluate_problem", _fake_evaluate([], fail_on=lopt_family.HELD_OUT[8].name))
+  with pytest.raises(KeyboardInterrupt):
+    lopt_suite.main(args + ["--out", str(tmp_path / "killed")])
+  capsys.readouterr()
+  lopt_suite.main(["--report", str(tmp_path / "whole" / "lopt_suite_quick.json")])
+  whole = capsys.readouterr().out.splitlines()
+  lopt_suite.main(["--report", str(tmp_path / "killed" / "lopt_suite_quick.progress.json")])
+  killed = capsys.readouterr().out.splitlines()
+  rows = [line for line in whole if line.startswith("| mlp")]
+  assert len(rows) == 2 and [line for line in killed if line.startswith("| mlp")] == rows[:1]
+  x = (len(lopt_family.HELD_OUT[7].name) % 7) / 100             # the fake row's numbers, as printed
+  assert f"| {1 + x:.4f} / 1.0000 | {x:+.4f} [{x - 0.01:+.4f}, {x + 0.01:+.4f}] |" in rows[0]
+  assert "Summary: better / not different / worse 0 / 0 / 2" in "\n".join(whole)
+  assert "Over the finished problems only: better / not different / worse 0 / 0 / 1" in "\n".join(killed)
