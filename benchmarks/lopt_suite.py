@@ -295,7 +295,7 @@ def report(saved):
     saved = {"rows": rows, "summary": summary(rows) if rows else None,
              "width_check": stages.get("width check"), "horizon_check": stages.get("horizon check")}
   lines = ["| problem | final test loss, learned / tuned | test Δ | mean training loss Δ | speed-up | tuned | "
-           "verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
+           "verdict | learned runs diverged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   lines += [_table_row(r) for r in saved["rows"]]
   if saved.get("width_check"):
     lines.append(_table_row(saved["width_check"]))
@@ -312,7 +312,8 @@ def _tuned_text(t):
 
 def _table_row(r):
   return (f"| {r['problem']} | {r['learned_test']:.4f} / {r['adam_test']:.4f} | {fmt_ci(r['test_diff'])} | "
-          f"{fmt_ci(r['train_diff'])} | {r['speedup']:.2f}× | {_tuned_text(r['tuned'])} | {r['verdict']} |")
+          f"{fmt_ci(r['train_diff'])} | {r['speedup']:.2f}× | {_tuned_text(r['tuned'])} | {r['verdict']} | "
+          f"{r['diverged_learned']} |")
 
 
 def _summary_line(sm):

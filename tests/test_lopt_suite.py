@@ -109,7 +109,7 @@ def _fake_evaluate(calls, fail_on=None):
     return {"problem": problem.name, "tuned": {"schedule": "cosine", "lr": 0.01, "weight_decay": 0.0},
             "test_diff": [x, x - 0.01, x + 0.01], "train_diff": [-x, -x - 0.01, -x + 0.01],
             "verdict_test": "worse", "verdict_train": "better", "verdict": "worse", "speedup": 1 + x,
-            "learned_test": 1 + x, "adam_test": 1.0}
+            "learned_test": 1 + x, "adam_test": 1.0, "diverged_learned": 0}
   return evaluate
 
 
