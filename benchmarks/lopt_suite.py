@@ -21,8 +21,9 @@ for which the tuned baseline also runs 4× as long. Summary: the interquartile m
 test loss normalised by the tuned baseline's (learned / baseline), the counts of problems significantly
 better / not different / worse (better: an interval below 0 by test loss or training loss, and neither above
 0; worse: either above 0), and the median speed-up. Checks: 10× the longest meta-training horizon (2000) on
-the first problem, with the length known and unknown (divergence and losses beside Adam at the tuned lr), and a
-width 8× the meta-training MLP width (32 → 256). --quick: 3 seeds, 60 steps, a coarse grid, short checks.
+the first problem, the learned optimizer and its untrained start θ0 each with the length known and unknown, beside
+Adam at the tuned configuration: runs with a non-finite loss, runs that blew up (`blew_up`: ended above where they
+began, a divergence that stays finite), final training and test loss; and a width 8× the meta-training MLP width (32 → 256). --quick: 3 seeds, 60 steps, a coarse grid, short checks.
 Writes lopt_suite[_quick].json and .png to --out, with the scored θ's checksum, outer step and command.
 A killed run resumes: re-run the same command, and the problems and checks it finished are read back from
 <out>/lopt_suite[_quick].progress.json (kept only while the run is unfinished).
@@ -45,7 +46,8 @@ import optax
 
 from benchmarks import lopt_suite_stats as st
 from benchmarks.common import write_json_atomic
-from unrolled_es_tasks import lopt_family
+from unrolled_es_tasks import lopt_family, lopt_network
+from unrolled_es_tasks.lopt_optax import as_optax
 from unrolled_es_tasks.lopt_pretrained import DATA_DIR, load as load_shipped, pretrained
 
 ADAM_LRS = tuple(float(10 ** (k / 4)) for k in range(-16, -1))
@@ -137,20 +139,41 @@ def evaluate_problem(problem, s, keys):
 
 
 def horizon_check(problem, s, keys, tuned):
-  """10× the longest meta-training horizon: learned (length known and unknown) and Adam at the tuned lr."""
+  """10× the longest meta-training horizon: the learned optimizer and its untrained start θ0 (each with the length
+  known and unknown) beside Adam at the tuned configuration, whose cosine is stretched to the longer run."""
   steps = s["long_steps"]
-  out = {}
-  for name, num_steps in (("learned, length known", steps), ("learned, length unknown", None)):
-    runs = as_numpy(learned_runner(problem, steps, num_steps, s["data_dir"])(keys))
-    out[name] = {"diverged": int(np.sum(~np.isfinite(runs["train"]).all(1))),
-                 "final_train": float(np.mean(runs["train"][:, -max(1, steps // 20):])),
-                 "test": float(np.mean(runs["test_loss"]))}
+  runs = {}
+  for name, num_steps in (("length known", steps), ("length unknown", None)):
+    runs[f"learned, {name}"] = learned_runner(problem, steps, num_steps, s["data_dir"])(keys)
+    runs[f"untrained θ0, {name}"] = untrained_runner(problem, steps, num_steps, s["data_dir"])(keys)
   cfg = [jnp.asarray([v], jnp.float32) for v in (tuned["lr"], tuned["schedule"] == "cosine", tuned["weight_decay"])]
-  runs = as_numpy(grid_runner(problem, steps)(cfg[0], cfg[1].astype(bool), cfg[2], keys))
-  out["adam (tuned at the suite's length)"] = {"diverged": int(np.sum(~np.isfinite(runs["train"][0]).all(1))),
-                                               "final_train": float(np.mean(runs["train"][0][:, -max(1, steps // 20):])),
-                                               "test": float(np.mean(runs["test_loss"][0]))}
-  return {"problem": problem.name, "steps": steps, "results": out}
+  adam = grid_runner(problem, steps)(cfg[0], cfg[1].astype(bool), cfg[2], keys)
+  runs["adam (tuned at the suite's length)"] = {k: v[0] for k, v in adam.items()}
+  return {"problem": problem.name, "steps": steps,
+          "results": {name: long_run_summary(as_numpy(r), steps) for name, r in runs.items()}}
+
+
+@functools.lru_cache(maxsize=64)
+def untrained_runner(problem, steps, num_steps, data_dir=DATA_DIR):
+  """As learned_runner, with the θ the meta-training starts from (`lopt_network.init_theta`) in place of θ."""
+  _, spec, meta = load_shipped(data_dir)
+  opt = as_optax(lopt_network.init_theta(spec, meta["settings"]["seed"]), num_steps, spec)
+  return jax.jit(jax.vmap(lambda key: lopt_family.run(problem, opt, key, steps)))
+
+
+def blew_up(train):
+  """Per run (rows of `train`, the training loss at every step): a non-finite loss, or a mean over the last 5% of
+  the run above the mean over its first 1% (it ended worse than it began: a divergence that stays finite)."""
+  steps = train.shape[1]
+  head, tail = train[:, :max(1, steps // 100)], train[:, -max(1, steps // 20):]
+  finite = np.isfinite(train).all(1)
+  return ~finite | (finite & (np.nan_to_num(tail).mean(1) > np.nan_to_num(head).mean(1)))
+
+
+def long_run_summary(runs, steps):
+  return {"diverged": int(np.sum(~np.isfinite(runs["train"]).all(1))), "blew_up": int(np.sum(blew_up(runs["train"]))),
+          "final_train": float(np.mean(runs["train"][:, -max(1, steps // 20):])),
+          "test": float(np.mean(runs["test_loss"]))}
 
 
 def summary(rows):
@@ -325,10 +348,11 @@ def _summary_line(sm):
 
 
 def _horizon_table(h):
-  lines = [f"{h['problem']}, {h['steps']} steps:", "", "| optimizer | diverged runs | final training loss | test loss |",
-           "| --- | --- | --- | --- |"]
-  return lines + [f"| {name} | {v['diverged']} | {v['final_train']:.4g} | {v['test']:.4f} |"
-                  for name, v in h["results"].items()]
+  lines = [f"{h['problem']}, {h['steps']} steps:", "",
+           "| optimizer | non-finite runs | runs that ended above their start | final training loss | test loss |",
+           "| --- | --- | --- | --- | --- |"]
+  return lines + [f"| {name} | {v['diverged']} | {v.get('blew_up', 'not measured')} | {v['final_train']:.4g} | "
+                  f"{v['test']:.4f} |" for name, v in h["results"].items()]
 
 
 def write_result(result, out, stem, plot_rows=None):

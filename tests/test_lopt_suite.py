@@ -171,3 +171,32 @@ def test_report_prints_a_finished_run_and_the_finished_stages_of_a_killed_one(tm
   assert f"| {1 + x:.4f} / 1.0000 | {x:+.4f} [{x - 0.01:+.4f}, {x + 0.01:+.4f}] |" in rows[0]
   assert "Summary: better / not different / worse 0 / 0 / 2" in "\n".join(whole)
   assert "Over the finished problems only: better / not different / worse 0 / 0 / 1" in "\n".join(killed)
+
+
+def test_a_run_that_ends_above_its_start_blew_up_even_when_finite():
+  steps = 400
+  down = np.linspace(2.3, 0.01, steps)
+  dip_then_climb = np.concatenate([np.linspace(2.3, 0.02, 100), np.linspace(0.02, 8.7, 300)])  # the slow drift
+  late_nan = down.copy()
+  late_nan[-1] = np.nan
+  noisy_but_down = down + 0.2 * np.sin(np.arange(steps))
+  runs = np.stack([down, dip_then_climb, late_nan, noisy_but_down])
+  np.testing.assert_array_equal(lopt_suite.blew_up(runs), [False, True, True, False])
+  summary = lopt_suite.long_run_summary({"train": runs, "test_loss": np.ones(4)}, steps)
+  assert summary["diverged"] == 1 and summary["blew_up"] == 2
+
+
+def test_horizon_check_scores_learned_and_untrained_with_and_without_a_length(tmp_path):
+  from unrolled_es_tasks import lopt_family
+  s = dict(lopt_suite.QUICK, long_steps=30, data_dir=lopt_suite.DATA_DIR)
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  tuned = {"lr": 0.01, "schedule": "cosine", "weight_decay": 0.0}
+  h = lopt_suite.horizon_check(lopt_family.HELD_OUT[7], s, keys, tuned)
+  assert set(h["results"]) == {"learned, length known", "learned, length unknown", "untrained θ0, length known",
+                               "untrained θ0, length unknown", "adam (tuned at the suite's length)"}
+  for v in h["results"].values():
+    assert v["diverged"] == 0 and 0 <= v["blew_up"] <= 2 and math.isfinite(v["final_train"])
+  r = h["results"]   # θ0 is not the shipped θ, so its runs differ
+  assert r["untrained θ0, length known"]["final_train"] != r["learned, length known"]["final_train"]
+  table = lopt_suite._horizon_table(h)
+  assert len(table) == 4 + 5 and "untrained θ0, length unknown" in table[-2]
