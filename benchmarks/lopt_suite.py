@@ -27,6 +27,7 @@ began, a divergence that stays finite), final training and test loss; and a widt
 Writes lopt_suite[_quick].json and .png to --out, with the scored θ's checksum, outer step and command.
 A killed run resumes: re-run the same command, and the problems and checks it finished are read back from
 <out>/lopt_suite[_quick].progress.json (kept only while the run is unfinished).
+--untrained scores the pretraining's start θ0 (the shipped spec at its seed) instead: what meta-training changed.
 --report prints a run's figures as the tables of benchmarks/RESULTS.md, from its JSON or, for a run still
 going or killed, from its progress file (the finished problems, and a summary over those alone).
 --data-dir scores a candidate instead of the shipped θ: a folder written by `python -m benchmarks.lopt_pretrain
@@ -127,7 +128,8 @@ def paired_verdicts(runs, adam):
 def evaluate_problem(problem, s, keys):
   steps = s["steps"]
   best, adam, scores = tune(problem, steps, keys, s["lrs"])
-  learned = as_numpy(learned_runner(problem, steps, steps, s["data_dir"])(keys))
+  runner = untrained_runner if s.get("untrained") else learned_runner
+  learned = as_numpy(runner(problem, steps, steps, s["data_dir"])(keys))
   long = grid_runner(problem, SPEEDUP_CAP * steps)
   cfg = [jnp.asarray([v], jnp.float32) for v in (best["lr"], best["schedule"] == "cosine", best["weight_decay"])]
   adam_long = as_numpy(long(cfg[0], cfg[1].astype(bool), cfg[2], keys))
@@ -195,6 +197,8 @@ def main(argv=None):
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   ap.add_argument("--data-dir", default=DATA_DIR, help="the θ to score: a folder of lopt_pretrain --export-to "
                   "(default: the shipped one)")
+  ap.add_argument("--untrained", action="store_true", help="score the pretraining's start θ0 instead of the "
+                  "shipped θ (an ablation: what the meta-training changed); writes lopt_suite_untrained[_quick]")
   ap.add_argument("--report", metavar="JSON", help="only print an earlier run's figures as markdown tables: its "
                   "lopt_suite[_quick].json, or the .progress.json of an unfinished run (its finished stages)")
   a = ap.parse_args(argv)
@@ -203,6 +207,8 @@ def main(argv=None):
       print(report(json.load(f)))
     return 0
   s = dict(QUICK if a.quick else FULL, data_dir=a.data_dir)
+  if a.untrained:
+    s["untrained"] = True   # only when set, so that the default run's identity (and its progress file) stays
   _, _, meta = load_shipped(a.data_dir)   # a missing or damaged θ fails here, before any training
   for name in ("seeds", "steps"):
     if getattr(a, name) is not None:
@@ -210,11 +216,13 @@ def main(argv=None):
   if s["seeds"] < 2 or s["steps"] < 10:
     raise ValueError(f"--seeds must be at least 2 and --steps at least 10; got {s['seeds']} and {s['steps']}")
   problems = select_problems(a.problems)
-  stem = "lopt_suite_quick" if a.quick else "lopt_suite"
+  stem = "lopt_suite" + ("_untrained" if a.untrained else "") + ("_quick" if a.quick else "")
   progress = open_progress(os.path.join(a.out, stem + ".progress.json"), run_identity(s, meta))
   start = time.time()
   result = run_suite(problems, s, progress, checks=not a.no_checks)
-  result["theta"] = {k: meta.get(k) for k in ("sha256", "outer_step", "command", "last_eval")}
+  result["theta"] = ({"untrained": "lopt_network.init_theta(spec, seed)", "spec": meta["spec"],
+                      "seed": meta["settings"]["seed"]} if a.untrained else
+                     {k: meta.get(k) for k in ("sha256", "outer_step", "command", "last_eval")})
   result["seconds"] = time.time() - start   # this sitting's time; stages resumed from a killed run are not in it
   print("summary:", json.dumps(result["summary"]), flush=True)
   write_result(result, a.out, stem)

@@ -200,3 +200,18 @@ def test_horizon_check_scores_learned_and_untrained_with_and_without_a_length(tm
   assert r["untrained θ0, length known"]["final_train"] != r["learned, length known"]["final_train"]
   table = lopt_suite._horizon_table(h)
   assert len(table) == 4 + 5 and "untrained θ0, length unknown" in table[-2]
+
+
+def test_untrained_scores_theta0_under_its_own_name(tmp_path):
+  from unrolled_es_tasks import lopt_family, lopt_network
+  from unrolled_es_tasks.lopt_optax import as_optax
+  from unrolled_es_tasks.lopt_pretrained import load
+  lopt_suite.main(["--quick", "--problems", "7", "--seeds", "2", "--steps", "12", "--no-checks", "--untrained",
+                   "--out", str(tmp_path)])
+  result = json.loads((tmp_path / "lopt_suite_untrained_quick.json").read_text())
+  assert not (tmp_path / "lopt_suite_quick.json").exists() and result["theta"]["seed"] == 0
+  _, spec, _ = load()
+  keys = jax.random.split(jax.random.PRNGKey(lopt_suite.EVAL_SEED), 2)
+  theta0 = as_optax(lopt_network.init_theta(spec, 0), 12, spec)
+  direct = jax.vmap(lambda k: lopt_family.run(lopt_family.HELD_OUT[7], theta0, k, 12))(keys)
+  assert result["rows"][0]["learned_test"] == pytest.approx(float(np.mean(direct["test_loss"])), rel=1e-5)
