@@ -23,7 +23,8 @@ better / not different / worse (better: an interval below 0 by test loss or trai
 0; worse: either above 0), and the median speed-up. Checks: 10× the longest meta-training horizon (2000) on
 the first problem, the learned optimizer and its untrained start θ0 each with the length known and unknown, beside
 Adam at the tuned configuration: runs with a non-finite loss, runs that blew up (`blew_up`: ended above where they
-began, a divergence that stays finite), final training and test loss; and a width 8× the meta-training MLP width (32 → 256). --quick: 3 seeds, 60 steps, a coarse grid, short checks.
+began, a divergence that stays finite), final training and test loss; and a width 8× the meta-training MLP width
+(32 → 256). --quick: 3 seeds, 60 steps, a coarse grid, short checks.
 Writes lopt_suite[_quick].json and .png to --out, with the scored θ's checksum, outer step and command.
 A killed run resumes: re-run the same command, and the problems and checks it finished are read back from
 <out>/lopt_suite[_quick].progress.json (kept only while the run is unfinished).
@@ -131,13 +132,18 @@ def evaluate_problem(problem, s, keys):
   runner = untrained_runner if s.get("untrained") else learned_runner
   learned = as_numpy(runner(problem, steps, steps, s["data_dir"])(keys))
   long = grid_runner(problem, SPEEDUP_CAP * steps)
-  cfg = [jnp.asarray([v], jnp.float32) for v in (best["lr"], best["schedule"] == "cosine", best["weight_decay"])]
-  adam_long = as_numpy(long(cfg[0], cfg[1].astype(bool), cfg[2], keys))
+  adam_long = as_numpy(long(*tuned_config(best), keys))
   return {"problem": problem.name, "kind": problem.kind, "tuned": best, "grid_scores": scores,
           "learned_test": float(np.mean(learned["test_loss"])), "adam_test": float(np.mean(adam["test_loss"])),
           **paired_verdicts(learned, adam), "diverged_learned": int(np.sum(~np.isfinite(learned["train"]).all(1))),
           "speedup": st.speedup(learned["train"].mean(0), adam_long["train"][0].mean(0), SPEEDUP_CAP),
           "curves": {"learned": learned["train"].mean(0).tolist(), "adam": adam["train"].mean(0).tolist()}}
+
+
+def tuned_config(tuned):
+  """A tuned configuration as grid_runner's (lrs, cosine, decays) arguments, a grid of one."""
+  return (jnp.asarray([tuned["lr"]], jnp.float32), jnp.asarray([tuned["schedule"] == "cosine"]),
+          jnp.asarray([tuned["weight_decay"]], jnp.float32))
 
 
 def horizon_check(problem, s, keys, tuned):
@@ -148,8 +154,7 @@ def horizon_check(problem, s, keys, tuned):
   for name, num_steps in (("length known", steps), ("length unknown", None)):
     runs[f"learned, {name}"] = learned_runner(problem, steps, num_steps, s["data_dir"])(keys)
     runs[f"untrained θ0, {name}"] = untrained_runner(problem, steps, num_steps, s["data_dir"])(keys)
-  cfg = [jnp.asarray([v], jnp.float32) for v in (tuned["lr"], tuned["schedule"] == "cosine", tuned["weight_decay"])]
-  adam = grid_runner(problem, steps)(cfg[0], cfg[1].astype(bool), cfg[2], keys)
+  adam = grid_runner(problem, steps)(*tuned_config(tuned), keys)
   runs["adam (tuned at the suite's length)"] = {k: v[0] for k, v in adam.items()}
   return {"problem": problem.name, "steps": steps,
           "results": {name: long_run_summary(as_numpy(r), steps) for name, r in runs.items()}}
@@ -168,8 +173,7 @@ def blew_up(train):
   the run above the mean over its first 1% (it ended worse than it began: a divergence that stays finite)."""
   steps = train.shape[1]
   head, tail = train[:, :max(1, steps // 100)], train[:, -max(1, steps // 20):]
-  finite = np.isfinite(train).all(1)
-  return ~finite | (finite & (np.nan_to_num(tail).mean(1) > np.nan_to_num(head).mean(1)))
+  return ~np.isfinite(train).all(1) | (tail.mean(1) > head.mean(1))   # a NaN mean compares False
 
 
 def long_run_summary(runs, steps):
