@@ -10,7 +10,9 @@ ES-Single (Vicol, Kolter & Swersky 2023; = NRES, Li et al. 2023) over the whole 
 learned_optimization's LogUniformLength, as Celo's meta-training), each particle starting at its own point
 of its episode (stagger), windows of K = 10 inner steps, σ = 0.01, outer Adam 1e-3 with the estimate clipped to
 global norm 1 (`ue.clip_gradient`). The optimizer is `LoptSpec(time_features="any")` (half of the episodes
-reveal their length), one hidden layer of 8. `--train output` perturbs (and so meta-trains) only the MLP's
+reveal their length), one hidden layer of 8, with the correction along Adam's direction (`correction="aligned"`:
+every element moves along Adam's step, by a learned factor, so no θ drifts where the gradient vanishes; the
+additive correction of the θ shipped before commit <this> drifted uphill at 10× the horizon). `--train output` perturbs (and so meta-trains) only the MLP's
 output layer, 18 of θ's 234 coordinates, over the hidden layer's fixed random features: ES's variance grows with
 the number of perturbed coordinates, and at θ0 its per-window estimate is almost all noise over all 234
 (`python -m benchmarks.lopt_meta_noise`).
@@ -41,7 +43,7 @@ import optax
 import unrolled_es as ue
 from unrolled_es_tasks import lopt_family, lopt_network, lopt_pretrained
 
-SPEC = lopt_network.LoptSpec(time_features="any")
+SPEC = lopt_network.LoptSpec(time_features="any", correction="aligned")
 SETTINGS = dict(particles=8, sigma=0.01, truncation=10, outer_lr=1e-3, max_norm=1.0, low=100, high=2000,
                 steps=20000, checkpoint_every=50, eval_every=500, eval_steps=300, eval_keys=2, seed=0, train="all")
 TRAINED = ("all", "output")   # which of θ's layers ES perturbs: all, or the output layer only

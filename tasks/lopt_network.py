@@ -8,14 +8,21 @@ For a parameter p (a tensor with fan-in f) with gradient g at step t (0-based) o
     n    = m̂_0.9 / √(v̂ + ε²)                          Adam's direction, the "nominal" descent term,
     η_t  = lr · c(t) · (32 / f)^α                      the nominal step size; (32/f)^α only on linear maps,
     (d, s) = MLP_θ(features),
-    p    ← p − η_t · exp(S · tanh(s)) · (n + D · tanh(d)).
+    p    ← p − η_t · exp(S · tanh(s)) · (n + D · tanh(d))          correction="additive",
+    p    ← p − η_t · exp(S · tanh(s)) · n · (1 + D · tanh(d))      correction="aligned" (D ≤ 1).
 
 The nominal term follows Harrison, Metz & Sohl-Dickstein, "A closer look at learned optimization: stability,
 robustness, and inductive biases" (NeurIPS 2022): the MLP's last layer starts at 1e-3 of haiku's scale, so
 the untrained optimizer is Adam at η_t, and what the MLP learns is a per-element log step multiplier s and a
 direction correction d. Both are bounded by tanh and scaled by the constants S and D (Metz et al., "Practical
 tradeoffs between memory, compute, and performance in learned optimizers", CoLLAs 2022), so no θ takes a step
-larger than η_t·e^S·(|n| + D). The factor (32 / f)^α (α = `fan_in_power`) is the width scaling of Adam's step
+larger than η_t·e^S·(|n| + D) ("additive") or η_t·e^S·(1 + D)·|n| ("aligned"). The additive correction is a
+unit-scale step in any direction, also where the gradient has long since vanished: a θ whose correction has a
+non-zero average drifts, and over runs far longer than its meta-training horizon the drift climbs back up the
+loss (the shipped θ of commit 1376f43 did, at 10× the horizon). The aligned one is a second per-element
+multiplier of Adam's direction, in [1 − D, 1 + D]: every element moves along −n, by at most (1 + D)·e^S of
+Adam's step, so no θ can move a weight that Adam would leave still or move it uphill along Adam's direction.
+The factor (32 / f)^α (α = `fan_in_power`) is the width scaling of Adam's step
 in μP (Yang et al., "Tensor Programs V", 2022), which Thérien et al. ("μLO", 2024) show lets a learned
 optimizer meta-trained at one width generalise to wider ones; which leaves are linear maps, and their fan-in,
 is `unrolled_es_tasks.lopt_leaves`' rule (embeddings, stacked scan kernels, convolutions, annotations).
@@ -65,6 +72,7 @@ FRACTION_SCALES = (0.03, 0.1, 0.3, 1.0)
 STEP_SCALES = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 TIME_FEATURES = ("fraction", "steps", "any")
 SCHEDULES = ("constant", "cosine")
+CORRECTIONS = ("additive", "aligned")
 BASE_FAN_IN = lopt_leaves.BASE_FAN_IN
 NUM_ELEMENT_FEATURES = 3 + 2 * len(BETAS) + 1   # g, p, √v̂, m_β, m̂_β/√v̂, g/√v̂
 NUM_TENSOR_FEATURES = 2
@@ -79,6 +87,7 @@ class LoptSpec(NamedTuple):
   time_features: str = "fraction"
   schedule: str = "cosine"         # the nominal step size over the run: "constant" or "cosine" (needs a length)
   fan_in_power: float = 1.0        # α: a linear map's nominal step is lr·(BASE_FAN_IN / fan_in)^α
+  correction: str = "additive"     # how d enters: "additive" (n + D·tanh d) or "aligned" (n·(1 + D·tanh d))
 
 
 class LoptState(NamedTuple):
@@ -89,8 +98,14 @@ class LoptState(NamedTuple):
 
 
 def check_spec(hidden=(8,), lr=0.02, step_range=math.log(10), direction_scale=1.0,
-               time_features="fraction", schedule="cosine", fan_in_power=1.0) -> LoptSpec:
+               time_features="fraction", schedule="cosine", fan_in_power=1.0, correction="additive") -> LoptSpec:
   from unrolled_es.core.system import check_positive_float
+  if correction not in CORRECTIONS:
+    raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}; got {correction!r}")
+  direction_scale = check_positive_float("direction_scale", direction_scale)
+  if correction == "aligned" and direction_scale > 1:
+    raise ValueError("direction_scale must be at most 1 with correction='aligned' (the multiplier 1 + D·tanh(d) "
+                     f"must stay positive); got {direction_scale!r}")
   if time_features not in TIME_FEATURES:
     raise ValueError(f"time_features must be one of {', '.join(TIME_FEATURES)}; got {time_features!r}")
   if schedule not in SCHEDULES:
@@ -99,8 +114,8 @@ def check_spec(hidden=(8,), lr=0.02, step_range=math.log(10), direction_scale=1.
     raise ValueError("schedule='cosine' needs the run's length: use time_features='fraction' or 'any'")
   return LoptSpec(check_hidden("lopt_hidden", hidden), check_positive_float("lopt_lr", lr),
                   check_positive_float("step_range", step_range),
-                  check_positive_float("direction_scale", direction_scale), time_features, schedule,
-                  _check_power(fan_in_power))
+                  direction_scale, time_features, schedule,
+                  _check_power(fan_in_power), correction)
 
 
 def _check_power(value):
@@ -229,8 +244,15 @@ def _leaf_step(apply, spec, theta, p, g, m, v, ms, t, shared, lr, kind):
                        jnp.broadcast_to(shared, (n, shared.shape[-1]))], -1)
   d, s = jnp.tanh(apply(theta, x)).T
   factor = lopt_leaves.width_factor(p.shape, kind, spec.fan_in_power)
-  step = lr * factor * jnp.exp(spec.step_range * s) * (nominal + spec.direction_scale * d)
+  step = lr * factor * jnp.exp(spec.step_range * s) * _corrected(spec, nominal, d)
   return -jnp.reshape(step, p.shape).astype(p.dtype), m, v, ms
+
+
+def _corrected(spec: LoptSpec, nominal, d):
+  """Adam's direction with the learned correction (the module docstring's two forms)."""
+  if spec.correction == "aligned":
+    return nominal * (1 + spec.direction_scale * d)
+  return nominal + spec.direction_scale * d
 
 
 def _float_grad(g, p):

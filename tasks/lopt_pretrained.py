@@ -65,8 +65,12 @@ def load(data_dir: str = DATA_DIR):
                      f"{meta['sha256']}; re-export it with `python -m benchmarks.lopt_pretrain --export`")
   with np.load(npz_path) as f:
     theta = _unflat({k: f[k] for k in f.files})
-  spec = lopt_network.check_spec(**{k: tuple(v) if k == "hidden" else v for k, v in meta["spec"].items()})
-  return jax.tree_util.tree_map(np.asarray, theta), spec, meta
+  return jax.tree_util.tree_map(np.asarray, theta), _spec(meta["spec"]), meta
+
+
+def _spec(recorded: dict) -> LoptSpec:
+  """A LoptSpec from its JSON form; fields added since it was written take their defaults."""
+  return lopt_network.check_spec(**{k: tuple(v) if k == "hidden" else v for k, v in recorded.items()})
 
 
 def pretrained(num_steps: int | None = None, kinds=None, data_dir: str = DATA_DIR):
@@ -106,7 +110,9 @@ def export(run_dir: str, data_dir: str | None = None, force: bool = False) -> in
     return 1
   from unrolled_es.training.checkpoint import restore_latest
   data_dir = DATA_DIR if data_dir is None else data_dir
-  spec = LoptSpec(time_features="any")
+  with open(os.path.join(run_dir, "command.json")) as f:
+    command = json.load(f)
+  spec = _spec(command["spec"])
   template = jax.eval_shape(lambda: lopt_network.init_theta(spec))
   restored = restore_latest(os.path.join(run_dir, "checkpoints"), template, part="theta")
   if restored is None:
@@ -115,8 +121,6 @@ def export(run_dir: str, data_dir: str | None = None, force: bool = False) -> in
   os.makedirs(data_dir, exist_ok=True)
   npz = os.path.join(data_dir, NAME + ".npz")
   np.savez(npz, **_flat(jax.device_get(theta)))
-  with open(os.path.join(run_dir, "command.json")) as f:
-    command = json.load(f)
   log = _log_records(run_dir)
   with open(os.path.join(data_dir, NAME + "_log.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in log)
