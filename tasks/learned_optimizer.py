@@ -50,11 +50,11 @@ class LoptConfig(NamedTuple):
 def make_config(horizon=200, hidden=(32, 32), activation="gelu", batch_size=128, data_path=None,
                 datasets=("digits", "synthetic"), vary=True, meta_loss="valid", lopt_hidden=(8,),
                 lopt_lr=0.02, step_range=math.log(10), direction_scale=1.0, time_features="fraction",
-                schedule="cosine", fan_in_power=FAN_IN_POWER, seed=0) -> LoptConfig:
+                schedule="cosine", fan_in_power=FAN_IN_POWER, seed=0, correction="additive") -> LoptConfig:
   """The validated config that `learned_optimizer(**kw)` builds from the same arguments."""
   family = lopt_problems.make_family(hidden, datasets, batch_size, activation, vary, meta_loss, data_path)
   spec = lopt_network.check_spec(lopt_hidden, lopt_lr, step_range, direction_scale, time_features, schedule,
-                                 fan_in_power)
+                                 fan_in_power, correction)
   return LoptConfig(check_int("horizon", horizon, 1), family, spec, check_int("seed", seed, 0))
 
 
@@ -87,7 +87,8 @@ def learned_optimizer(horizon: int = 200, hidden=(32, 32), activation: str = "ge
                       meta_loss: str = "valid", lopt_hidden=(8,), lopt_lr: float = 0.02,
                       step_range: float = math.log(10), direction_scale: float = 1.0,
                       time_features: str = "fraction", schedule: str = "cosine",
-                      fan_in_power: float = FAN_IN_POWER, seed: int = 0, extra_widths=()) -> Task:
+                      fan_in_power: float = FAN_IN_POWER, seed: int = 0, extra_widths=(),
+                      correction: str = "additive") -> Task:
   """The learned-optimizer task (see the module docstring).
 
   Settings: NRES's σ = 0.01 and window K = 1 with an outer Adam (Li et al. 2023); the number of particles, the
@@ -95,10 +96,12 @@ def learned_optimizer(horizon: int = 200, hidden=(32, 32), activation: str = "ge
   system's mean loss over one episode), final_train_loss (the last 10% of steps, / log C), test_loss (/ log C)
   and test_accuracy of the final classifier. extra_widths: further MLP widths meta-trained in the same outer
   step (`Task.extra_systems`, combined by `unrolled_es.multi_task` on the command line); the report then calls
-  them meta-trained, not held out.
+  them meta-trained, not held out. correction: "additive" (the default) or "aligned", which can only scale
+  Adam's step (`lopt_network`; the pretrained optimizer uses it).
   """
   config = make_config(horizon, hidden, activation, batch_size, data_path, datasets, vary, meta_loss, lopt_hidden,
-                       lopt_lr, step_range, direction_scale, time_features, schedule, fan_in_power, seed)
+                       lopt_lr, step_range, direction_scale, time_features, schedule, fan_in_power, seed,
+                       correction)
   theta0 = lopt_network.init_theta(config.spec, config.seed)
   settings = {"sigma": 0.01, "num_particles": 64, "truncation_length": 1, "outer_lr": 1e-3,
               "optimizer": "adam", "steps": 4000}

@@ -142,6 +142,57 @@ def test_no_theta_steps_further_than_the_bound():
     assert float(np.max(np.abs(np.asarray(u)) / bound)) > 0.5    # saturated: the bound is nearly reached
 
 
+@pytest.mark.parametrize("scale, bias", [(1e4, 3.0), (1e4, -3.0), (30.0, 0.0)])
+def test_the_aligned_correction_only_scales_adams_step(scale, bias):
+  """With correction="aligned" every element moves along Adam's update, by at most (1 + D)·e^S of Adam's step,
+  for a θ that saturates its outputs up or down and for a θ of large random outputs; over steps where the
+  gradient changes sign, so that the momentum and the gradient disagree."""
+  spec = LoptSpec(correction="aligned")
+  last = f"mlp/~/linear_{len(spec.hidden)}"
+  theta0 = lopt_network.init_theta(spec, seed=3)
+  theta = {**theta0, last: {"w": theta0[last]["w"] * scale, "b": theta0[last]["b"] + bias}}
+  params = _odd_params()
+  opt, adam = lo.as_optax(theta, num_steps=10, spec=spec), optax.adam(1.0, eps=0.0)
+  state, adam_state = opt.init(params), adam.init(params)
+  for k in range(4):
+    grads = jax.tree_util.tree_map(lambda x: jnp.cos(3 * x + 2.0 * k), params)
+    ours, state = jax.jit(opt.update)(grads, state, params)
+    nominal, adam_state = adam.update(grads, adam_state, params)
+    for u, n in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(nominal)):
+      u, n = np.asarray(u), np.asarray(n)
+      lr = spec.lr * lopt_network._tensor_lr(spec, u.shape) * float(lopt_network.nominal_lr(spec, k, 10)) / spec.lr
+      assert np.all(u * n >= 0)
+      assert np.all(np.abs(u) <= lr * math.exp(spec.step_range) * (1 + spec.direction_scale) * np.abs(n) * (1 + 1e-4))
+
+
+def _constant_correction(spec, d):
+  """θ whose correction is the constant tanh⁻¹(d) and whose step multiplier is 1 (only the output bias)."""
+  theta, last = lopt_network.init_theta(spec), f"mlp/~/linear_{len(spec.hidden)}"
+  return {**theta, last: {"w": 0 * theta[last]["w"], "b": jnp.asarray([math.atanh(d), 0.0], jnp.float32)}}
+
+
+def test_an_additive_correction_drifts_where_the_gradient_vanishes_and_an_aligned_one_cannot():
+  """The failure of the θ shipped before: a correction with a non-zero average keeps stepping after the gradient
+  has gone. On ½‖p‖² from p = 1 for 3000 steps of unknown length, a correction of constant sign carries the
+  additive form far past the minimum (its loss ends above its start), while the same θ aligned converges."""
+  params = {"b": jnp.ones((8,), jnp.float32)}
+  loss = lambda p: 0.5 * jnp.sum(jnp.square(p["b"]))
+
+  def final_loss(spec):
+    opt = lo.as_optax(_constant_correction(spec, 0.99), spec=spec)
+
+    def step(carry, _):
+      p, s = carry
+      u, s = opt.update(jax.grad(loss)(p), s, p)
+      return (optax.apply_updates(p, u), s), None
+    (p, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=3000)
+    return float(loss(p))
+
+  start = float(loss(params))
+  assert final_loss(LoptSpec(time_features="any", direction_scale=2.0)) > start
+  assert final_loss(LoptSpec(time_features="any", correction="aligned")) < 1e-3 * start
+
+
 def test_export_errors_name_the_argument():
   with pytest.raises(ValueError, match="num_steps"):
     lo.as_optax(THETA0)
@@ -153,6 +204,10 @@ def test_export_errors_name_the_argument():
     opt.update(params, opt.init(params))
   with pytest.raises(ValueError, match="cosine"):
     lo.as_optax(THETA0, spec=LoptSpec(time_features="steps"))
+  with pytest.raises(ValueError, match="correction must be one of additive, aligned; got 'sign'"):
+    lo.as_optax(THETA0, 5, spec=LoptSpec(correction="sign"))
+  with pytest.raises(ValueError, match="direction_scale must be at most 1 with correction='aligned'"):
+    lo.as_optax(THETA0, 5, spec=LoptSpec(correction="aligned", direction_scale=1.5))
   steps_spec = LoptSpec(time_features="steps", schedule="constant")
   lo.as_optax(lopt_network.init_theta(steps_spec), spec=steps_spec)  # needs no run length
 

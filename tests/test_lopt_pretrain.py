@@ -27,7 +27,7 @@ def test_stopped_and_resumed_run_retraces_the_uninterrupted_one(tmp_path):
   b, _, meta_b = _theta(split, tmp_path, "b")
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
-  assert meta["outer_step"] == meta_b["outer_step"] == 2 and spec.time_features == "any"
+  assert meta["outer_step"] == meta_b["outer_step"] == 2 and spec == lopt_pretrain.SPEC   # the run's recorded spec
   theta0 = lopt_pretrain.lopt_network.init_theta(spec)
   assert any(not np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(theta0)))
   assert json.loads((whole / "cpu_seconds.json").read_text())["cpu_seconds"] > 0
