@@ -193,6 +193,12 @@ def test_an_additive_correction_drifts_where_the_gradient_vanishes_and_an_aligne
   assert final_loss(LoptSpec(time_features="any", correction="aligned")) < 1e-3 * start
 
 
+def test_the_task_takes_the_correction_and_checks_it():
+  assert lo.make_config(correction="aligned").spec.correction == "aligned"
+  with pytest.raises(ValueError, match="correction must be one of"):
+    lo.make_config(correction="multiplicative")
+
+
 def test_export_errors_name_the_argument():
   with pytest.raises(ValueError, match="num_steps"):
     lo.as_optax(THETA0)
