@@ -12,10 +12,10 @@ of its episode (stagger), windows of K = 10 inner steps, σ = 0.01, outer Adam 1
 global norm 1 (`ue.clip_gradient`). The optimizer is `LoptSpec(time_features="any")` (half of the episodes
 reveal their length), one hidden layer of 8, with the correction along Adam's direction (`correction="aligned"`:
 every element moves along Adam's step, by a learned factor, so no θ drifts where the gradient vanishes; the
-additive correction of the θ shipped at commit 1376f43 drifted uphill at 10× the horizon). `--train output` perturbs (and so meta-trains) only the MLP's
-output layer, 18 of θ's 234 coordinates, over the hidden layer's fixed random features: ES's variance grows with
-the number of perturbed coordinates, and at θ0 its per-window estimate is almost all noise over all 234
-(`python -m benchmarks.lopt_meta_noise`).
+additive correction of the θ shipped at commit 1376f43 drifted uphill at 10× the horizon). `--train output`
+perturbs (and so meta-trains) only the MLP's output layer, 18 of θ's 234 coordinates, over the hidden layer's
+fixed random features: ES's variance grows with the number of perturbed coordinates, and at θ0 its per-window
+estimate is almost all noise over all 234 (`python -m benchmarks.lopt_meta_noise`).
 
 Faults and sittings: `ue.train` checkpoints every `--checkpoint-every` outer steps (and on Ctrl-C / SIGTERM's
 KeyboardInterrupt); every key derives from the run key and the step, so a killed run restarted with the same
