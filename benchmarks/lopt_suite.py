@@ -135,7 +135,7 @@ def evaluate_problem(problem, s, keys):
   adam_long = as_numpy(long(*tuned_config(best), keys))
   return {"problem": problem.name, "kind": problem.kind, "tuned": best, "grid_scores": scores,
           "learned_test": float(np.mean(learned["test_loss"])), "adam_test": float(np.mean(adam["test_loss"])),
-          **paired_verdicts(learned, adam), "diverged_learned": int(np.sum(~np.isfinite(learned["train"]).all(1))),
+          **paired_verdicts(learned, adam), "diverged_learned": int(np.sum(non_finite(learned["train"]))),
           "speedup": st.speedup(learned["train"].mean(0), adam_long["train"][0].mean(0), SPEEDUP_CAP),
           "curves": {"learned": learned["train"].mean(0).tolist(), "adam": adam["train"].mean(0).tolist()}}
 
@@ -168,16 +168,21 @@ def untrained_runner(problem, steps, num_steps, data_dir=DATA_DIR):
   return jax.jit(jax.vmap(lambda key: lopt_family.run(problem, opt, key, steps)))
 
 
+def non_finite(train):
+  """Per run (rows of `train`): whether any step's training loss is NaN or infinite."""
+  return ~np.isfinite(train).all(1)
+
+
 def blew_up(train):
   """Per run (rows of `train`, the training loss at every step): a non-finite loss, or a mean over the last 5% of
   the run above the mean over its first 1% (it ended worse than it began: a divergence that stays finite)."""
   steps = train.shape[1]
   head, tail = train[:, :max(1, steps // 100)], train[:, -max(1, steps // 20):]
-  return ~np.isfinite(train).all(1) | (tail.mean(1) > head.mean(1))   # a NaN mean compares False
+  return non_finite(train) | (tail.mean(1) > head.mean(1))   # a NaN mean compares False
 
 
 def long_run_summary(runs, steps):
-  return {"diverged": int(np.sum(~np.isfinite(runs["train"]).all(1))), "blew_up": int(np.sum(blew_up(runs["train"]))),
+  return {"diverged": int(np.sum(non_finite(runs["train"]))), "blew_up": int(np.sum(blew_up(runs["train"]))),
           "final_train": float(np.mean(runs["train"][:, -max(1, steps // 20):])),
           "test": float(np.mean(runs["test_loss"]))}
 

@@ -160,7 +160,7 @@ def test_the_aligned_correction_only_scales_adams_step(scale, bias):
     nominal, adam_state = adam.update(grads, adam_state, params)
     for u, n in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(nominal)):
       u, n = np.asarray(u), np.asarray(n)
-      lr = spec.lr * lopt_network._tensor_lr(spec, u.shape) * float(lopt_network.nominal_lr(spec, k, 10)) / spec.lr
+      lr = float(lopt_network.nominal_lr(spec, k, 10)) * lopt_network._tensor_lr(spec, u.shape)
       assert np.all(u * n >= 0)
       assert np.all(np.abs(u) <= lr * math.exp(spec.step_range) * (1 + spec.direction_scale) * np.abs(n) * (1 + 1e-4))
 

@@ -186,7 +186,7 @@ def test_a_run_that_ends_above_its_start_blew_up_even_when_finite():
   assert summary["diverged"] == 1 and summary["blew_up"] == 2
 
 
-def test_horizon_check_scores_learned_and_untrained_with_and_without_a_length(tmp_path):
+def test_horizon_check_scores_learned_and_untrained_with_and_without_a_length():
   from unrolled_es_tasks import lopt_family
   s = dict(lopt_suite.QUICK, long_steps=30, data_dir=lopt_suite.DATA_DIR)
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
